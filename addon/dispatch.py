@@ -1,0 +1,465 @@
+"""One gateway request from routing to answer: candidates, attempts, failover, health, relay hand-off.
+
+The commit point is explicit: a non-stream answer commits when it is complete; a stream commits on its first
+content (text or tool delta). Before it, any failure moves the request to the next candidate invisibly; after it,
+a failure becomes an error event in the caller's protocol and a health failure — never a clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+
+import providers
+from addon import routing
+from addon.live import LiveConfig, target_key
+from addon.relay import Parked, Relay
+from addon.upstream import Attempt, Outcome, UpstreamClient, classify_status, response_headers
+from providers import GatewayError, TargetSpec
+
+log = logging.getLogger("aigw.dispatch")
+
+DEFAULT_RETRY_ON = frozenset({"connect", "timeout", "5xx", "429", "401", "403"})
+# What the gateway reads from a provider for one non-stream answer.
+MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the addon puts on the flow: a whole answer, or a parked stream for the relay."""
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    relay_token: str | None = None
+    attempts: list[str] = field(default_factory=list)
+    provider: str | None = None
+    target_id: str | None = None
+    fail_open: bool = False
+
+
+@dataclass(slots=True)
+class Settings:
+    base_domain: str = ""
+    max_body: int = 10 * 1024 * 1024
+
+
+def _failover_settings(upstream: Any) -> Any:
+    return getattr(upstream, "failover", None)
+
+
+def _f(obj: Any, name: str, default: Any) -> Any:
+    value = getattr(obj, name, None) if obj is not None else None
+    return default if value is None else value
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: let the breaker use its own cool-down
+
+
+def target_origin(target: Any) -> tuple[str, str, int]:
+    provider = getattr(target, "provider", None)
+    if getattr(target, "host", None):
+        scheme = target.protocol or "https"
+        port = target.port or (443 if scheme == "https" else 80)
+        return scheme, target.host, port
+    if provider:
+        return providers.default_origin(provider)
+    raise GatewayError(503, "unavailable", "A target has neither a provider nor a host.")
+
+
+def credential_headers(target: Any) -> dict[str, str]:
+    """The target's own headers and credentials, for calls the providers layer does not build (passthrough, probes)."""
+    headers = dict(getattr(target, "headers", None) or {})
+    creds = getattr(target, "credentials", None)
+    if creds is not None:
+        name = getattr(creds, "header_name", None)
+        value = getattr(creds, "header_value", None)
+        api_key = getattr(creds, "api_key", None)
+        if name and value:
+            headers[name] = value
+        elif api_key:
+            headers.update(providers.auth_headers(getattr(target, "provider", None) or "openai-compatible", api_key))
+    return headers
+
+
+_NOT_FORWARDED = frozenset({"authorization", "x-api-key", "host", "content-length", "connection", "keep-alive",
+                            "transfer-encoding", "te", "upgrade", "proxy-authorization", "accept-encoding"})
+
+
+def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
+    """Client headers minus hop-by-hop and the client's own key, plus the target's headers and credentials."""
+    headers = {k: v for k, v in flow_headers.items() if k.lower() not in _NOT_FORWARDED}
+    headers.update(credential_headers(target))
+    return headers
+
+
+class Dispatcher:
+    def __init__(self, live: LiveConfig, client: UpstreamClient, relay: Relay, settings: Settings) -> None:
+        self.live = live
+        self.client = client
+        self.relay = relay
+        self.settings = settings
+
+    # ------------------------------------------------------------------------------------------------
+    async def handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes) -> Reply:
+        """Serve one request; every failure comes back as a Reply in the caller's format."""
+        ingress = providers.ingress_for_path(path) or "openai"
+        try:
+            return await self._handle(method=method, path=path, host=host, headers=headers, body=body)
+        except GatewayError as err:
+            r = providers.error_reply(ingress, err)
+            return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+
+    async def _handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes) -> Reply:
+        if len(body) > self.settings.max_body:
+            raise GatewayError(413, "request_too_large",
+                               f"Request body is larger than {self.settings.max_body} bytes.")
+        snap = self.live.snapshot
+        route = routing.resolve(snap, host=host, headers=headers, path=path, method=method,
+                                base_domain=self.settings.base_domain)
+        ingress = providers.ingress_for_path(path)
+        upstream = route.upstream
+        if upstream is None:
+            targets = [route.service]
+            fail_open = False
+            upstream_id = route.service.id
+        else:
+            sticky_key = self._sticky_key(upstream, headers, route)
+            targets, fail_open = self.live.plan(upstream, sticky_key)
+            upstream_id = upstream.id
+            if not targets:
+                raise GatewayError(503, "unavailable", "No target of this upstream is available.")
+
+        translate = ingress is not None and any(getattr(t, "provider", None) for t in targets)
+        canon = providers.parse_request(ingress, body) if translate else None
+
+        failover = _failover_settings(upstream)
+        retry_on = set(_f(failover, "retry_on", DEFAULT_RETRY_ON))
+        cap = len(targets)
+        rule_cap = getattr(route.rule, "retry_attempts", None)
+        if rule_cap:
+            cap = min(cap, int(rule_cap))
+        max_attempts = _f(failover, "max_attempts", None)
+        if max_attempts:
+            cap = min(cap, int(max_attempts))
+        total_timeout = float(_f(failover, "total_timeout", 120.0))
+        deadline = time.monotonic() + total_timeout
+
+        policy = self.live.policy(upstream) if upstream is not None else None
+        attempts: list[str] = []
+        reasons: list[str] = []
+        retry_afters: list[float] = []
+        upstream_seconds = 0.0
+        started = time.perf_counter()
+
+        for target in targets[:cap]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reasons.append("timeout")
+                break
+            provider = getattr(target, "provider", None) if upstream is not None else None
+            key = target_key(upstream_id, target.id)
+            label = provider or "passthrough"
+            if policy is not None:
+                # The plan was made before earlier attempts awaited: a recovering target's single trial slot
+                # may have been taken since. Fail-open plans try every target regardless.
+                if attempts and not fail_open and not self.live.health.is_available(key, policy):
+                    continue
+                self.live.health.begin(key, policy)
+            handed_off = False
+            t_attempt = time.perf_counter()
+            try:
+                outcome = await self._attempt(target, provider, canon, route, method, path, headers, body,
+                                              failover, remaining)
+                upstream_seconds += time.perf_counter() - t_attempt
+                if outcome.kind == "failure":
+                    code = str(outcome.status) if outcome.status else outcome.reason
+                    attempts.append(f"{label}:{code}")
+                    reasons.append(outcome.reason)
+                    ra = _retry_after_seconds(outcome.retry_after)
+                    if ra is not None:
+                        retry_afters.append(ra)
+                    if policy is not None:
+                        self.live.health.failure(key, policy, self._describe(outcome),
+                                                 retry_after_s=ra if outcome.reason == "429" else None,
+                                                 health=outcome.reason not in ("401", "403"))
+                    if outcome.reason in retry_on:
+                        continue
+                    # Not a failover trigger for this upstream: the caller gets the provider's answer.
+                    return self._finish(self._error_passthrough(canon, provider, ingress, outcome), attempts,
+                                        provider, target, fail_open, started, upstream_seconds)
+                attempts.append(f"{label}:{outcome.status}")
+                if policy is not None and outcome.kind != "stream":
+                    self.live.health.success(key, policy, outcome.ttfb)
+                if outcome.kind == "stream":
+                    reply = self._park(outcome, key, policy, provider, canon, ingress)
+                    handed_off = True
+                    return self._finish(reply, attempts, provider, target, fail_open, started, upstream_seconds)
+                return self._finish(self._complete(outcome, canon, provider, ingress), attempts, provider, target,
+                                    fail_open, started, upstream_seconds)
+            finally:
+                if policy is not None and not handed_off:
+                    self.live.health.end(key)
+
+        raise self._exhausted(reasons, retry_afters, attempts)
+
+    # ------------------------------------------------------------------------------------------------
+    def _sticky_key(self, upstream: Any, headers: Any, route: routing.Route) -> str | None:
+        if upstream.algorithm != "sticky":
+            return None
+        sticky = getattr(upstream, "sticky", None)
+        hash_on = _f(sticky, "hash_on", "api_key")
+        if hash_on.startswith("header:"):
+            return headers.get(hash_on.split(":", 1)[1].strip()) or None
+        return getattr(route.key, "id", None)
+
+    @staticmethod
+    def _describe(outcome: Outcome) -> str:
+        if outcome.error is not None:
+            return f"{outcome.reason}: {outcome.error.message}"[:300]
+        if outcome.status:
+            return f"HTTP {outcome.status}"
+        return outcome.reason
+
+    def _exhausted(self, reasons: list[str], retry_afters: list[float], attempts: list[str]) -> GatewayError:
+        chain = ",".join(attempts) or "none"
+        if not reasons:
+            return GatewayError(503, "unavailable", "No target available.")
+        if all(r == "429" for r in reasons):
+            wait = min(retry_afters) if retry_afters else 1.0
+            return GatewayError(429, "rate_limit", f"Every target is rate-limited (attempts: {chain}).",
+                                code="rate_limit_exceeded", retry_after=str(max(1, int(round(wait)))))
+        if all(r == "timeout" for r in reasons):
+            return GatewayError(504, "timeout", f"Every target timed out (attempts: {chain}).")
+        return GatewayError(502, "api_error", f"Every target failed (attempts: {chain}).")
+
+    async def _attempt(self, target: Any, provider: str | None, canon: Any, route: routing.Route, method: str,
+                       path: str, headers: Any, body: bytes, failover: Any, remaining: float) -> Outcome:
+        scheme, host, port = target_origin(target)
+        if provider and canon is not None:
+            model = routing.map_model(canon.model, target)
+            spec = TargetSpec(provider=provider, model=model, path=getattr(target, "path", None),
+                              credentials=self._credentials(target), headers=dict(getattr(target, "headers", None) or {}),
+                              api_version=getattr(target, "api_version", None),
+                              max_tokens_default=getattr(target, "max_tokens_default", None))
+            up = providers.build_upstream_request(canon, spec)
+            req_method, req_path, req_headers, req_body, stream = up.method, up.path, up.headers, up.body, up.stream
+        else:
+            req_method = method
+            req_path = routing.forwarded_path(path, route.rule, getattr(target, "path", None))
+            req_headers = _passthrough_headers(headers, target)
+            req_body = body
+            stream = False
+        connect_timeout = min(float(_f(failover, "connect_timeout", 5.0)), remaining)
+        attempt = Attempt(method=req_method, url=f"{scheme}://{host}:{port}{req_path}", headers=req_headers,
+                          body=req_body, stream=stream, connect_timeout=connect_timeout,
+                          headers_timeout=min(float(_f(failover, "headers_timeout", 60.0)), remaining),
+                          first_token_timeout=min(float(_f(failover, "first_token_timeout", 30.0)), remaining),
+                          idle_timeout=float(_f(failover, "idle_timeout", 60.0)))
+        t0 = time.perf_counter()
+        try:
+            resp = await self.client.send(attempt)
+        except TimeoutError:
+            return Outcome("failure", reason="timeout")
+        except aiohttp.ClientError as exc:
+            return Outcome("failure", reason="connect", error=GatewayError(502, "api_error", type(exc).__name__))
+        except OSError as exc:
+            return Outcome("failure", reason="connect", error=GatewayError(502, "api_error", type(exc).__name__))
+        ttfb = time.perf_counter() - t0
+        status = resp.status
+        rheaders = response_headers(resp)
+        is_sse = "text/event-stream" in rheaders.get("content-type", "")
+        try:
+            if status >= 400 or not is_sse or (provider and not stream):
+                try:
+                    data = await UpstreamClient.read_body(resp, attempt.idle_timeout, MAX_UPSTREAM_BODY)
+                except TimeoutError:
+                    return Outcome("failure", reason="timeout", status=0)
+                except aiohttp.ClientError:
+                    return Outcome("failure", reason="cut")
+                finally:
+                    resp.release()
+                reason = classify_status(status)
+                if reason:
+                    return Outcome("failure", status=status, headers=rheaders, body=data, reason=reason,
+                                   retry_after=rheaders.get("retry-after"), ttfb=ttfb)
+                return Outcome("response", status=status, headers=rheaders, body=data, ttfb=ttfb)
+            if not provider or canon is None:
+                # Untranslated stream: it commits at the headers.
+                return Outcome("stream", status=status, headers=rheaders, response=resp, ttfb=ttfb,
+                               idle_timeout=attempt.idle_timeout)
+            return await self._open_stream(resp, status, rheaders, canon, provider, attempt, ttfb)
+        except BaseException:
+            resp.close()
+            raise
+
+    async def _open_stream(self, resp: Any, status: int, rheaders: dict[str, str], canon: Any, provider: str,
+                           attempt: Attempt, ttfb: float) -> Outcome:
+        translator = providers.open_stream(canon, provider)
+        buf = bytearray()
+        eof = False
+        deadline = time.monotonic() + attempt.first_token_timeout
+        try:
+            while not (translator.committed or translator.done or translator.upstream_error):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(left):
+                    chunk = await resp.content.readany()
+                if not chunk:
+                    eof = True
+                    break
+                buf += translator.feed(chunk)
+        except TimeoutError:
+            resp.close()
+            return Outcome("failure", reason="timeout", error=GatewayError(504, "timeout", "no first token in time"))
+        except aiohttp.ClientError:
+            resp.close()
+            return Outcome("failure", reason="cut", error=GatewayError(502, "api_error", "stream cut before content"))
+        if translator.upstream_error is not None and not translator.committed:
+            resp.close()
+            err = translator.upstream_error
+            reason = classify_status(err.status) or "5xx"
+            return Outcome("failure", reason=reason, status=0, error=err, retry_after=err.retry_after)
+        if translator.committed:
+            return Outcome("stream", status=status, headers=rheaders, response=resp, translator=translator,
+                           buffered=bytes(buf), ttfb=ttfb, idle_timeout=attempt.idle_timeout)
+        # Ended before any content (an empty answer): deliver it whole — or fail over if it was cut.
+        if not eof:
+            try:
+                rest = await UpstreamClient.read_body(resp, attempt.idle_timeout, MAX_UPSTREAM_BODY)
+            except (TimeoutError, aiohttp.ClientError):
+                rest = b""
+            if rest:
+                buf += translator.feed(rest)
+        resp.release()
+        tail = translator.finish()
+        if not translator.done:
+            return Outcome("failure", reason="cut", error=GatewayError(502, "api_error", "stream ended early"))
+        buf += tail
+        return Outcome("response", status=status, headers={"content-type": "text/event-stream"},
+                       body=bytes(buf), ttfb=ttfb, reason="stream_complete")
+
+    @staticmethod
+    def _credentials(target: Any) -> dict | None:
+        creds = getattr(target, "credentials", None)
+        if creds is None:
+            return None
+        out = {}
+        for name in ("header_name", "header_value", "api_key"):
+            value = getattr(creds, name, None)
+            if value:
+                out[name] = value
+        return out or None
+
+    # ------------------------------------------------------------------------------------------------
+    def _complete(self, outcome: Outcome, canon: Any, provider: str | None, ingress: str | None) -> Reply:
+        if outcome.reason == "stream_complete":
+            return Reply(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+                         body=outcome.body)
+        if provider and canon is not None:
+            r = providers.translate_response(canon, provider, outcome.status, outcome.headers, outcome.body)
+            return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+        return Reply(status=outcome.status, headers=dict(outcome.headers), body=outcome.body)
+
+    def _error_passthrough(self, canon: Any, provider: str | None, ingress: str | None, outcome: Outcome) -> Reply:
+        if outcome.status and outcome.body is not None and outcome.status >= 400:
+            return self._complete(outcome, canon, provider, ingress)
+        err = outcome.error or GatewayError(502, "api_error", f"Upstream failed: {outcome.reason}")
+        r = providers.error_reply(ingress or "openai", err)
+        return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+
+    def _park(self, outcome: Outcome, key: str, policy: Any, provider: str | None, canon: Any,
+              ingress: str | None) -> Reply:
+        health = self.live.health
+        resp, translator, idle = outcome.response, outcome.translator, outcome.idle_timeout
+        finished = {"done": False}
+
+        def settle(ok: bool, why: str = "") -> None:
+            if finished["done"]:
+                return
+            finished["done"] = True
+            if policy is not None:
+                if ok:
+                    health.success(key, policy, outcome.ttfb)
+                elif why:
+                    health.failure(key, policy, why)
+                health.end(key)
+
+        async def pump(write: Callable) -> None:
+            ok = False
+            why = ""
+            try:
+                if outcome.buffered:
+                    await write(outcome.buffered)
+                while True:
+                    try:
+                        async with asyncio.timeout(idle):
+                            chunk = await resp.content.readany()
+                    except TimeoutError:
+                        why = "stream idle timeout after commit"
+                        if translator is not None:
+                            await write(translator.abort("The provider stopped sending mid-stream.", "timeout"))
+                        return
+                    except aiohttp.ClientError:
+                        why = "stream cut after commit"
+                        if translator is not None:
+                            await write(translator.abort("The provider connection was lost mid-stream."))
+                        return
+                    if not chunk:
+                        if translator is not None:
+                            await write(translator.finish())
+                            ok = translator.done and translator.upstream_error is None
+                            if not ok:
+                                why = "stream ended without its terminal event"
+                        else:
+                            ok = True
+                        return
+                    if translator is not None:
+                        out = translator.feed(chunk)
+                        if out:
+                            await write(out)
+                    else:
+                        await write(chunk)
+            except (ConnectionError, asyncio.CancelledError):
+                ok = True  # the caller went away; the provider did nothing wrong
+                raise
+            finally:
+                resp.close()
+                settle(ok, why)
+
+        def abandon() -> None:
+            resp.close()
+            settle(True)
+
+        headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
+        if translator is None:
+            headers = {k: v for k, v in outcome.headers.items()}
+        token = self.relay.park(Parked(status=outcome.status, headers=[], pump=pump, on_abandon=abandon))
+        return Reply(status=outcome.status, headers=headers, relay_token=token)
+
+    def _finish(self, reply: Reply, attempts: list[str], provider: str | None, target: Any, fail_open: bool,
+                started: float, upstream_seconds: float) -> Reply:
+        reply.attempts = attempts
+        reply.provider = provider or "passthrough"
+        reply.target_id = getattr(target, "id", None)
+        reply.fail_open = fail_open
+        overhead_ms = max(0.0, (time.perf_counter() - started - upstream_seconds) * 1000.0)
+        reply.headers["X-Selected-Provider"] = reply.provider
+        if reply.target_id:
+            reply.headers["X-Selected-Target"] = str(reply.target_id)
+        reply.headers["X-Gateway-Attempts"] = ",".join(attempts)
+        reply.headers["X-Gateway-Overhead-Ms"] = f"{overhead_ms:.2f}"
+        if fail_open:
+            reply.headers["X-Gateway-Fail-Open"] = "true"
+        return reply

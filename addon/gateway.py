@@ -1,0 +1,145 @@
+"""The mitmproxy addon: options and thin hooks. The work happens in dispatch.Dispatcher.
+
+Loadable three ways: `mitmdump -s addon/entry.py …`, `mitmweb -s addon/entry.py …` and `aigw up` (programmatic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils.asyncio_utils import create_task
+
+from addon.dispatch import Dispatcher, Settings, target_origin, credential_headers
+from addon.live import LiveConfig
+from addon.probes import Prober
+from addon.relay import Relay
+from addon.routing import client_key
+from addon.upstream import UpstreamClient
+
+log = logging.getLogger("aigw")
+
+RELAY_META = "aigw_relay"
+
+
+def _mask(secret: str) -> str:
+    return f"{secret[:5]}…{secret[-4:]}" if len(secret) > 12 else "…"
+
+
+class GatewayAddon:
+    def __init__(self) -> None:
+        self.live: LiveConfig | None = None
+        self.relay = Relay()
+        self.client = UpstreamClient()
+        self.dispatcher: Dispatcher | None = None
+        self._started = False
+        self._relay_lock: asyncio.Lock | None = None
+        self._prober: asyncio.Task | None = None
+
+    # -- lifecycle (sync, DESIGN.md decision 8) --------------------------------------------------------------
+    def load(self, loader) -> None:
+        loader.add_option("aigw_data", str, os.environ.get("AIGW_DATA", "data/aigw.json"),
+                          "aigw: path of the configuration store (TinyDB JSON file) written by the admin API.")
+        loader.add_option("aigw_base_domain", str, os.environ.get("AIGW_BASE_DOMAIN", ""),
+                          "aigw: base domain; the Host label before it names the gateway (empty: first label).")
+        loader.add_option("aigw_max_body", int, 10 * 1024 * 1024,
+                          "aigw: largest request body accepted, in bytes (larger: 413).")
+
+    def configure(self, updated) -> None:
+        opts = ctx.options
+        if "aigw_max_body" in updated and opts.aigw_max_body <= 0:
+            raise exceptions.OptionsError("aigw_max_body must be positive")
+        if "aigw_data" in updated or self.live is None:
+            path = os.path.abspath(opts.aigw_data)
+            if self.live is not None:
+                self.live.stop()
+            self.live = LiveConfig(path)
+            if self._started:
+                self.live.start(create_task)
+        settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
+        self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
+
+    def running(self) -> None:
+        if not self._started and self.live is not None:
+            self._started = True
+            self.live.start(create_task)
+            create_task(self.relay.start(), name="aigw-relay-start")
+            self._prober = create_task(Prober(lambda: self.live, self.client, target_origin, credential_headers).run(),
+                                       name="aigw-active-probes")
+
+    def done(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+        self._started = False
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.create_task(self.relay.stop())
+        loop.create_task(self.client.close())
+
+    # -- hooks ----------------------------------------------------------------------------------------------
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.error is not None or self.dispatcher is None:
+            return
+        if not self.relay.port:
+            if self._relay_lock is None:
+                self._relay_lock = asyncio.Lock()
+            async with self._relay_lock:
+                await self.relay.start()
+        req = flow.request
+        reply = await self.dispatcher.handle(method=req.method, path=req.path, host=req.host_header or req.host,
+                                             headers=req.headers, body=req.raw_content or b"")
+        self._redact(flow)
+        flow.metadata["aigw"] = {"provider": reply.provider, "target": reply.target_id,
+                                 "attempts": reply.attempts, "fail_open": reply.fail_open}
+        flow.comment = f"aigw: {reply.provider or '-'} target={reply.target_id or '-'} " \
+                       f"attempts={','.join(reply.attempts) or '-'}"
+        if len(reply.attempts) > 1 or reply.fail_open:
+            flow.marked = ":warning:"
+        if reply.relay_token is None:
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+            return
+        # Stream: point the flow at the relay; mitmproxy then streams what the relay writes.
+        flow.metadata[RELAY_META] = {
+            "status": reply.status, "headers": reply.headers,
+            "request": (req.method, req.scheme, req.host, req.port, req.path, req.raw_content),
+        }
+        req.method = "GET"
+        req.scheme = "http"
+        req.host = "127.0.0.1"
+        req.port = self.relay.port
+        req.path = "/" + reply.relay_token
+        req.content = b""
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(RELAY_META)
+        if not meta or flow.response is None:
+            return
+        resp = flow.response
+        resp.status_code = meta["status"]
+        for name, value in meta["headers"].items():
+            resp.headers[name] = value
+        resp.stream = True
+        # Show the caller's request (not the relay hop) in mitmweb.
+        method, scheme, host, port, path, content = flow.metadata.pop(RELAY_META)["request"]
+        req = flow.request
+        req.method, req.scheme, req.host, req.port, req.path = method, scheme, host, port, path
+        req.raw_content = content
+
+    @staticmethod
+    def _redact(flow: http.HTTPFlow) -> None:
+        """Keep no usable client key in what the flow stores (mitmweb shows it)."""
+        headers = flow.request.headers
+        key = client_key(headers)
+        if not key:
+            return
+        if "x-api-key" in headers:
+            headers["x-api-key"] = _mask(key)
+        if headers.get("authorization", "").lower().startswith("bearer "):
+            headers["authorization"] = "Bearer " + _mask(key)

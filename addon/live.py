@@ -1,0 +1,142 @@
+"""Live configuration and health state of the data plane.
+
+The request path never touches TinyDB (DESIGN.md decision 6): it reads the in-memory Snapshot, which a background
+task swaps when the store file changes (stat every `poll_interval`, rebuild in a worker thread, keep the last good
+one on error). Balancer state (smooth round-robin counters, sticky pins) survives a reload as long as the
+upstream's targets and algorithm are unchanged. Health lives in memory too and is published to the health file
+once a second for the admin API (which may run in another process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from addon.balancer import Balancer, Plan
+from addon.health import HealthBoard, HealthPolicy
+from store.health_file import write_health
+from store.snapshot import SnapshotLoader
+
+log = logging.getLogger("aigw.live")
+
+
+def target_key(upstream_id: str, target_id: str) -> str:
+    return f"{upstream_id}/{target_id}"
+
+
+class LiveConfig:
+    def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 1.0) -> None:
+        self.data_path = data_path
+        self.health_path = data_path + ".health.json"
+        self.loader = SnapshotLoader(data_path)
+        self.health = HealthBoard()
+        self.poll_interval = poll_interval
+        self.publish_interval = publish_interval
+        self._balancers: dict[str, tuple[tuple, Balancer]] = {}
+        self._policies: dict[int, HealthPolicy] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def snapshot(self) -> Any:
+        return self.loader.current
+
+    # -- background work --------------------------------------------------------------------------------
+    def start(self, create_task) -> None:
+        self._tasks.append(create_task(self._watch(), name="aigw-config-watch"))
+        self._tasks.append(create_task(self._publish(), name="aigw-health-publish"))
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        self._write_health()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                if self.loader.changed():
+                    await asyncio.to_thread(self.loader.reload)
+                    self._prune()
+            except Exception:  # keep serving with the last good snapshot
+                log.exception("aigw: configuration reload failed; keeping the previous configuration")
+
+    async def _publish(self) -> None:
+        while True:
+            await asyncio.sleep(self.publish_interval)
+            try:
+                doc = self.health.export()
+                await asyncio.to_thread(write_health, self.health_path, {"pid": os.getpid(), "targets": doc})
+            except Exception:
+                log.exception("aigw: could not publish health state")
+
+    def _write_health(self) -> None:
+        try:
+            write_health(self.health_path, {"pid": os.getpid(), "targets": self.health.export()})
+        except Exception:
+            log.exception("aigw: could not publish health state")
+
+    def upstreams(self) -> list[Any]:
+        return list(self.snapshot.upstreams())
+
+    def _prune(self) -> None:
+        """Forget balancers and health of targets that are gone from the configuration."""
+        live_keys: set[str] = set()
+        live_upstreams: set[str] = set()
+        for upstream in self.upstreams():
+            live_upstreams.add(upstream.id)
+            for t in upstream.targets:
+                live_keys.add(target_key(upstream.id, t.id))
+        for uid in list(self._balancers):
+            if uid not in live_upstreams:
+                del self._balancers[uid]
+        self.health.forget(live_keys)
+        self._policies.clear()
+
+    # -- per request ------------------------------------------------------------------------------------
+    def policy(self, upstream: Any) -> HealthPolicy:
+        policy = self._policies.get(id(upstream))
+        if policy is None:
+            policy = HealthPolicy.from_model(getattr(upstream, "health_checks", None))
+            self._policies[id(upstream)] = policy
+        return policy
+
+    def balancer(self, upstream: Any) -> Balancer:
+        signature = (upstream.algorithm, getattr(getattr(upstream, "sticky", None), "ttl", None),
+                     tuple((t.id, t.weight, t.priority) for t in upstream.targets))
+        cached = self._balancers.get(upstream.id)
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        sticky = getattr(upstream, "sticky", None)
+        ttl = float(getattr(sticky, "ttl", 300) or 300)
+        balancer = Balancer(upstream.algorithm, list(upstream.targets), sticky_ttl=ttl)
+        if cached is not None:
+            # Keep rotation counters and sticky pins of targets that are still there.
+            balancer.inherit(cached[1])
+        self._balancers[upstream.id] = (signature, balancer)
+        return balancer
+
+    def plan(self, upstream: Any, sticky_key: str | None = None) -> tuple[list[Any], bool]:
+        """Targets in attempt order, and whether every target was out (fail-open)."""
+        policy = self.policy(upstream)
+        health = self.health
+        uid = upstream.id
+
+        def available(t: Any) -> bool:
+            return health.is_available(target_key(uid, t.id), policy)
+
+        def in_flight(t: Any) -> int:
+            return health.in_flight(target_key(uid, t.id))
+
+        def ewma(t: Any) -> float | None:
+            return health.ewma_ttfb(target_key(uid, t.id))
+
+        plan: Plan = self.balancer(upstream).plan(available=available, in_flight=in_flight, ewma=ewma,
+                                                  sticky_key=sticky_key)
+        order = list(plan.order)
+        if plan.fail_open:
+            by_key = {target_key(uid, t.id): t for t in order}
+            order = [by_key[k] for k in health.fail_open_order(list(by_key))]
+        return order, plan.fail_open

@@ -1,0 +1,132 @@
+"""Request routing: from (Host, key, path, method) to the upstream that serves it.
+
+Pure functions over the immutable store Snapshot, so every rule is unit-testable without a proxy. Failures are
+raised as ``providers.GatewayError`` with the status codes of the proxy contract (401 key, 404 gateway/rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from providers import GatewayError
+from store.keys import hash_key
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    gateway: Any
+    key: Any
+    rule: Any
+    service: Any
+    upstream: Any | None  # None for an `endpoint` service (one fixed, untranslated target)
+
+
+def client_key(headers: Mapping[str, str]) -> str | None:
+    """The caller's gateway key: X-Api-Key / x-api-key, else `Authorization: Bearer <key>`."""
+    key = headers.get("x-api-key")
+    if key:
+        return key.strip() or None
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def subdomain_of(host: str, base_domain: str = "") -> str | None:
+    """`your-subdomain.example.com` → `your-subdomain`; a bare name, an IP or localhost names no gateway."""
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal
+        return None
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = host.rstrip(".")
+    if base_domain:
+        base = base_domain.strip(".").lower()
+        if host.endswith("." + base):
+            label = host[: -len(base) - 1]
+            return label if label and "." not in label else None
+        return None
+    if "." not in host or host.replace(".", "").isdigit():
+        return None
+    return host.split(".", 1)[0]
+
+
+def _key_usable(key: Any, now: datetime) -> bool:
+    if not getattr(key, "active", True) or getattr(key, "deleted_at", None):
+        return False
+    expires = getattr(key, "expires_at", None)
+    if expires is None:
+        return True
+    if isinstance(expires, str):
+        try:
+            expires = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    return expires > now
+
+
+def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, method: str,
+            base_domain: str = "", now: datetime | None = None) -> Route:
+    """Find gateway, check the key, match the rule; raise GatewayError(401/404) otherwise."""
+    now = now or datetime.now(timezone.utc)
+    label = subdomain_of(host, base_domain)
+    gateway = snapshot.gateway_by_subdomain(label) if label else None
+
+    presented = client_key(headers)
+    if not presented:
+        raise GatewayError(401, "authentication", "Missing API key: send it in X-Api-Key or Authorization: Bearer.",
+                           code="invalid_api_key")
+    key = snapshot.key_by_hash(hash_key(presented))
+    if key is None or not _key_usable(key, now):
+        raise GatewayError(401, "authentication", "Invalid, expired or inactive API key.", code="invalid_api_key")
+    if gateway is None:
+        gateway = snapshot.gateway(key.gateway_id)
+        if gateway is None:
+            raise GatewayError(404, "not_found", "No gateway serves this host.", code="gateway_not_found")
+    elif key.gateway_id != gateway.id:
+        # A key of another gateway is as good as no key here.
+        raise GatewayError(401, "authentication", "Invalid, expired or inactive API key.", code="invalid_api_key")
+    if getattr(gateway, "status", "active") != "active":
+        raise GatewayError(404, "not_found", "This gateway is inactive.", code="gateway_not_found")
+
+    rule = snapshot.match_rule(gateway.id, path.split("?", 1)[0], method)
+    if rule is None:
+        raise GatewayError(404, "not_found", f"No rule of this gateway matches {method} {path.split('?', 1)[0]}.",
+                           code="route_not_found")
+    service = snapshot.service(rule.service_id)
+    if service is None:
+        raise GatewayError(503, "unavailable", "The rule's service no longer exists.")
+    upstream = None
+    if getattr(service, "type", "upstream") == "upstream":
+        upstream = snapshot.upstream(service.upstream_id)
+        if upstream is None or not upstream.targets:
+            raise GatewayError(503, "unavailable", "The service's upstream has no targets.")
+    return Route(gateway=gateway, key=key, rule=rule, service=service, upstream=upstream)
+
+
+def map_model(requested: str | None, target: Any) -> str | None:
+    """A requested model listed in the target's `models` is kept; any other (or none) becomes `default_model`."""
+    models = getattr(target, "models", None) or []
+    default = getattr(target, "default_model", None)
+    if requested and requested in models:
+        return requested
+    if default:
+        return default
+    return requested
+
+
+def forwarded_path(path: str, rule: Any, target_path: str | None) -> str:
+    """Path for an untranslated (provider-less) target: optional strip of the rule prefix, then the target's path."""
+    base, _, query = path.partition("?")
+    if getattr(rule, "strip_path", False):
+        prefix = rule.path.rstrip("/")
+        base = base[len(prefix):] if base.startswith(prefix) else base
+    if target_path:
+        base = target_path.rstrip("/") + ("/" + base.lstrip("/") if base.strip("/") else "")
+    if not base.startswith("/"):
+        base = "/" + base
+    return base + ("?" + query if query else "")

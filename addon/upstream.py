@@ -1,0 +1,135 @@
+"""Upstream I/O: one process-wide aiohttp session and one attempt at one target.
+
+mitmproxy's own forwarder cannot retry inside a flow (DESIGN.md decision 3), so the addon calls providers itself.
+An attempt ends in an `Outcome`: a complete answer, an open stream that reached its commit point, or a failure
+classified for failover and health (connect, timeout, 5xx, 429, 401/403, other 4xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from providers import GatewayError
+
+# Hop-by-hop and framing headers never copied between the two connections.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "content-length", "host", "content-encoding",
+})
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What the dispatcher asks for: one HTTP call to one target."""
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool
+    connect_timeout: float
+    headers_timeout: float
+    first_token_timeout: float
+    idle_timeout: float
+
+
+@dataclass(slots=True)
+class Outcome:
+    """Result of one attempt.
+
+    kind: "response" (complete answer, any status), "stream" (open, committed stream), "empty_stream" (stream
+    ended before any content: delivered whole), or "failure" (reason says why; may be retried elsewhere).
+    """
+    kind: str
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    reason: str = ""            # connect | timeout | 5xx | 429 | 401 | 403 | cut | stream_error
+    retry_after: str | None = None
+    response: Any = None        # open aiohttp response for kind == "stream"
+    buffered: bytes = b""       # translated output produced before the commit point
+    ttfb: float | None = None   # seconds to first byte of the answer
+    error: GatewayError | None = None
+    translator: Any = None      # providers.StreamTranslator of an open, committed stream
+    idle_timeout: float = 60.0  # longest silence tolerated between chunks of an open stream
+
+
+class UpstreamClient:
+    """Owns the shared aiohttp session (keep-alive pool) and runs single attempts."""
+
+    def __init__(self, *, limit: int = 1000, limit_per_host: int = 0) -> None:
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit_per_host,
+                                             ttl_dns_cache=300, enable_cleanup_closed=True)
+            # No cookie jar: a gateway must never carry one caller's cookies to the next.
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                                                  auto_decompress=True, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def send(self, attempt: Attempt) -> aiohttp.ClientResponse:
+        """Open the request and wait for the response headers (connect + headers time-outs).
+
+        Raises asyncio.TimeoutError or aiohttp.ClientError; the caller classifies.
+        """
+        timeout = aiohttp.ClientTimeout(total=None, connect=attempt.connect_timeout,
+                                        sock_connect=attempt.connect_timeout, sock_read=None)
+        async with asyncio.timeout(attempt.connect_timeout + attempt.headers_timeout):
+            return await self.session().request(
+                attempt.method, attempt.url, headers=attempt.headers, data=attempt.body or None,
+                timeout=timeout, allow_redirects=False, compress=None)
+
+    @staticmethod
+    async def read_body(resp: aiohttp.ClientResponse, idle_timeout: float, limit: int) -> bytes:
+        """Read a whole body, failing when the upstream goes silent for idle_timeout or sends more than limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await resp.content.readany()
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(502, "api_error", "The provider's answer is larger than the gateway accepts.")
+            chunks.append(chunk)
+
+
+def response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """Lower-cased end-to-end headers of a provider answer."""
+    out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        lk = k.lower()
+        if lk not in HOP_BY_HOP:
+            out[lk] = v
+    return out
+
+
+def classify_status(status: int) -> str | None:
+    """Failover reason for an HTTP status, or None when the answer must go back to the caller as is."""
+    if status == 429:
+        return "429"
+    if status in (401, 403):
+        return str(status)
+    if status >= 500:
+        return "5xx"
+    if status in (408,):
+        return "timeout"
+    return None
+
+
+def now() -> float:
+    return time.perf_counter()

@@ -1,0 +1,147 @@
+"""``GET /api/v1/openapi.json``: the OpenAPI 3.1 document, generated from the same pydantic models and resource
+descriptions that drive validation and routing, so it cannot drift from the code."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyView, Gateway, Rule, Service, Upstream
+
+from . import gateways, keys, rules, services, upstreams
+from .crud import API_PREFIX, Resource
+from .requests import DEFAULT_LIMIT, MAX_LIMIT
+from .schemas import ErrorBody, UpstreamHealth
+
+bp = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
+
+RESOURCES: tuple[Resource, ...] = (
+    gateways.RESOURCE,
+    upstreams.RESOURCE,
+    services.RESOURCE,
+    rules.RESOURCE,
+    keys.RESOURCE,
+)
+#: (request body schema, response schema) per resource, where they differ from the stored model.
+_KEY_SCHEMAS = {"request": ApiKeyCreate, "created": ApiKeyCreated, "response": ApiKeyView}
+_SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
+    Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyView, ErrorBody, UpstreamHealth,
+)
+_REF = "#/components/schemas/{model}"
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    return jsonify(openapi_document())
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Malformed JSON or invalid fields",
+        401: "Missing or wrong admin token",
+        404: "Unknown id (or an id of another gateway)",
+        409: "Conflict: duplicate unique value, or still referenced",
+        413: "Body larger than 1 MiB",
+        415: "Body is not JSON",
+    }
+    return {str(status): _json(_ref(ErrorBody), reasons[status]) for status in (*statuses, 401)}
+
+
+def _path_params(resource: Resource, item: bool) -> list[dict[str, Any]]:
+    names = (["gateway_id"] if resource.scoped else []) + (["entity_id"] if item else [])
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names]
+
+
+def _openapi_path(rule: str) -> str:
+    return API_PREFIX + rule.replace("<", "{").replace(">", "}")
+
+
+def _resource_paths(resource: Resource) -> dict[str, Any]:
+    is_key = resource.kind == "keys"
+    request_model = _KEY_SCHEMAS["request"] if is_key else resource.model
+    response_model = _KEY_SCHEMAS["response"] if is_key else resource.model
+    created_model = _KEY_SCHEMAS["created"] if is_key else resource.model
+    paging = [
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
+    ]
+    body = {"required": True, "content": {"application/json": {"schema": _ref(request_model)}}}
+    collection = {
+        "parameters": _path_params(resource, item=False),
+        "post": {
+            "summary": f"Create a {resource.label}",
+            "operationId": f"create_{resource.label}",
+            "requestBody": body,
+            "responses": {"201": _json(_ref(created_model), f"The created {resource.label}"),
+                          **_errors(400, 404, 409, 413, 415)},
+        },
+        "get": {
+            "summary": f"List {resource.kind}",
+            "operationId": f"list_{resource.kind}",
+            "parameters": paging,
+            "responses": {"200": _json({"type": "array", "items": _ref(response_model)}, f"A page of {resource.kind}"),
+                          **_errors(400, 404)},
+        },
+    }
+    item: dict[str, Any] = {"parameters": _path_params(resource, item=True)}
+    if "GET" in resource.item_methods:
+        item["get"] = {"summary": f"Get a {resource.label}", "operationId": f"get_{resource.label}",
+                       "responses": {"200": _json(_ref(response_model), f"The {resource.label}"), **_errors(404)}}
+    if "PUT" in resource.item_methods:
+        item["put"] = {"summary": f"Replace a {resource.label}", "operationId": f"replace_{resource.label}",
+                       "requestBody": body,
+                       "responses": {"200": _json(_ref(response_model), f"The stored {resource.label}"),
+                                     **_errors(400, 404, 409, 413, 415)}}
+    if "DELETE" in resource.item_methods:
+        delete: dict[str, Any] = {"summary": f"Delete a {resource.label}", "operationId": f"delete_{resource.label}",
+                                  "responses": {"204": {"description": "Deleted"}, **_errors(404, 409)}}
+        if not resource.scoped:
+            delete["parameters"] = [{"name": "cascade", "in": "query", "description": "Also delete its children",
+                                     "schema": {"type": "boolean", "default": False}}]
+        item["delete"] = delete
+    return {_openapi_path(resource.collection_rule): collection, _openapi_path(resource.item_rule): item}
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """Built once per process: it depends only on code."""
+    _, definitions = models_json_schema([(model, "validation") for model in _SCHEMA_MODELS], ref_template=_REF)
+    paths: dict[str, Any] = {}
+    for resource in RESOURCES:
+        paths.update(_resource_paths(resource))
+    paths[_openapi_path(upstreams.RESOURCE.item_rule) + "/health"] = {
+        "parameters": _path_params(upstreams.RESOURCE, item=True),
+        "get": {"summary": "Each target's health as the proxy sees it", "operationId": "get_upstream_health",
+                "responses": {"200": _json(_ref(UpstreamHealth), "Per-target state"), **_errors(404)}},
+    }
+    paths[API_PREFIX + "/openapi.json"] = {
+        "get": {"summary": "This document", "operationId": "get_openapi",
+                "responses": {"200": {"description": "OpenAPI 3.1 document",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "aigw admin API", "version": "1",
+                 "description": "Gateways -> upstreams (targets) -> services -> rules -> API keys."},
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer",
+                                               "description": "Only when the admin token is configured"}},
+        },
+        "security": [{}, {"adminToken": []}],
+        "paths": paths,
+    }

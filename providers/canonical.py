@@ -1,0 +1,247 @@
+"""The hub: one provider-neutral shape for requests, responses and stream events.
+
+Every provider module translates *to* and *from* these dataclasses only, so adding a provider is one
+spoke, never N×N special cases. The shape follows Anthropic's content-block model (it is the richer
+one): a message is a role plus an ordered list of parts; tool results are parts of a user turn.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+from .errors import invalid
+
+
+# ---------------------------------------------------------------- content parts
+@dataclass
+class TextPart:
+    text: str
+    type: str = "text"
+
+
+@dataclass
+class MediaPart:
+    """An image or document. Exactly one of `data` (base64) or `url` is set; never downloaded."""
+    kind: str                 # "image" | "document"
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    type: str = "media"
+
+
+@dataclass
+class ToolCallPart:
+    id: str
+    name: str
+    # Arguments are kept in the form they arrived in: OpenAI gives a JSON string, Anthropic and Gemini
+    # an object. Converting lazily avoids a parse/dump round trip and keeps the client's bytes.
+    arguments_json: str | None = None
+    arguments_obj: dict | None = None
+    type: str = "tool_call"
+
+    @property
+    def arguments(self) -> str:
+        if self.arguments_json is not None:
+            return self.arguments_json
+        return json.dumps(self.arguments_obj if self.arguments_obj is not None else {}, ensure_ascii=False)
+
+    @property
+    def input(self) -> dict:
+        if self.arguments_obj is not None:
+            return self.arguments_obj
+        return parse_arguments(self.arguments_json)
+
+
+@dataclass
+class ToolResultPart:
+    tool_call_id: str
+    content: list                      # TextPart | MediaPart
+    is_error: bool = False
+    name: str | None = None            # function name, looked up from the matching call (Gemini needs it)
+    text_form: bool = True             # the source sent a plain string
+    type: str = "tool_result"
+
+    @property
+    def text(self) -> str:
+        return "\n".join(p.text for p in self.content if isinstance(p, TextPart))
+
+
+@dataclass
+class RefusalPart:
+    text: str
+    type: str = "refusal"
+
+
+Part = Union[TextPart, MediaPart, ToolCallPart, ToolResultPart, RefusalPart]
+
+
+@dataclass
+class Message:
+    role: str                          # "user" | "assistant"
+    parts: list
+    text_form: bool = False            # content was one plain string in the source (kept for fidelity)
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+
+
+@dataclass
+class ToolChoice:
+    mode: str                          # "auto" | "required" | "none" | "tool"
+    name: str | None = None
+
+
+@dataclass
+class CanonicalRequest:
+    ingress: str
+    model: str | None
+    stream: bool = False
+    system: list = field(default_factory=list)      # list[str]
+    messages: list = field(default_factory=list)    # list[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list = field(default_factory=list)
+    n: int | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    tools: list = field(default_factory=list)       # list[Tool]
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+    response_format: dict | None = None
+    include_usage: bool = False
+    legacy_functions: bool = False
+    # The parsed client body: same-family targets are served from it so that nothing the client sent
+    # (cache_control, thinking, logprobs, ...) is lost on a path that needs no translation.
+    raw: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- responses
+# Canonical finish reasons: the union of what the families can express.
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "stop_sequence", "refusal",
+                  "pause_turn", "context_exceeded")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0        # everything the model read, cached tokens included (OpenAI's meaning)
+    completion_tokens: int = 0    # reasoning tokens included
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int | None = None
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_input(self) -> int:
+        return max(0, self.prompt_tokens - self.cache_read - self.cache_write)
+
+
+@dataclass
+class CanonicalResponse:
+    id: str
+    model: str
+    parts: list
+    finish: str = "stop"
+    stop_sequence: str | None = None
+    usage: Usage | None = None
+
+
+# ---------------------------------------------------------------- helpers
+def parse_arguments(raw: Any) -> dict:
+    """Tool arguments are model output: "" or broken JSON must not crash a translation (§4.7-8)."""
+    if isinstance(raw, dict):
+        return raw
+    if not raw or not isinstance(raw, str):
+        return {}
+    try:
+        val = json.loads(raw)
+    except ValueError:
+        return {}
+    return val if isinstance(val, dict) else {}
+
+
+def default_new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+IdFactory = Callable[[str], str]
+Clock = Callable[[], float]
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def want(obj: dict, key: str, types: tuple, what: str, required: bool = False) -> Any:
+    """Typed field access with the precise 400 the brief asks for."""
+    if key not in obj or obj[key] is None:
+        if required:
+            raise invalid(f"'{key}' is a required property", param=key)
+        return None
+    val = obj[key]
+    if isinstance(val, bool) and bool not in types:
+        raise invalid(f"'{key}' must be {what}, got a boolean", param=key)
+    if not isinstance(val, types):
+        raise invalid(f"'{key}' must be {what}, got {type(val).__name__}", param=key)
+    return val
+
+
+NUM = (int, float)
+
+
+def split_data_url(url: str) -> Optional[tuple[str, str]]:
+    """'data:image/png;base64,XXX' → ('image/png', 'XXX'); None for anything else."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    if not sep or not head.endswith(";base64"):
+        return None
+    return head[:-7] or "application/octet-stream", data
+
+
+def media_kind(media_type: str | None) -> str:
+    return "image" if (media_type or "image/").startswith("image/") else "document"
+
+
+def merge_messages(messages: list) -> list:
+    """Merge consecutive same-role turns and put tool results first in their user turn (§4.1)."""
+    out: list = []
+    for m in messages:
+        if not m.parts:
+            continue
+        if out and out[-1].role == m.role:
+            prev = out[-1]
+            prev.parts = prev.parts + m.parts
+            prev.text_form = False
+        else:
+            out.append(Message(m.role, list(m.parts), m.text_form))
+    for m in out:
+        if m.role == "user" and any(isinstance(p, ToolResultPart) for p in m.parts):
+            results = [p for p in m.parts if isinstance(p, ToolResultPart)]
+            if len(results) != len(m.parts) or m.parts[:len(results)] != results:
+                m.parts = results + [p for p in m.parts if not isinstance(p, ToolResultPart)]
+                m.text_form = False
+    return out
+
+
+def fill_tool_result_names(messages: list) -> None:
+    """Tool results refer to calls by id; Gemini wants the function name, so resolve it once here."""
+    names: dict[str, str] = {}
+    for m in messages:
+        for p in m.parts:
+            if isinstance(p, ToolCallPart):
+                names[p.id] = p.name
+            elif isinstance(p, ToolResultPart) and not p.name:
+                p.name = names.get(p.tool_call_id)

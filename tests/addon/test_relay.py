@@ -1,0 +1,70 @@
+"""The loopback relay: one-shot tokens, chunked streaming as written, keep-alive, unknown tokens refused."""
+
+import asyncio
+
+from addon.relay import Parked, Relay
+
+
+async def _read_response(reader):
+    head = await reader.readuntil(b"\r\n\r\n")
+    chunks = []
+    while True:
+        size = int((await reader.readline()).strip(), 16)
+        if size == 0:
+            await reader.readline()
+            return head, chunks
+        chunks.append(await reader.readexactly(size))
+        await reader.readline()
+
+
+async def test_streams_each_write_as_a_chunk_and_keeps_the_connection():
+    relay = Relay()
+    port = await relay.start()
+    gate = asyncio.Event()
+
+    async def pump(write):
+        await write(b"data: one\n\n")
+        await gate.wait()
+        await write(b"data: two\n\n")
+
+    t1 = relay.park(Parked(200, [("x-test", "1")], pump, lambda: None))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /{t1} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"x-test: 1" in head and b"chunked" in head
+    # The first event arrives while the pump is still waiting: nothing is held back.
+    size = int((await asyncio.wait_for(reader.readline(), 2)).strip(), 16)
+    assert await reader.readexactly(size) == b"data: one\n\n"
+    await reader.readline()
+    gate.set()
+    size = int((await reader.readline()).strip(), 16)
+    assert await reader.readexactly(size) == b"data: two\n\n"
+    await reader.readline()
+    assert await reader.readline() == b"0\r\n"
+    await reader.readline()
+
+    # Same connection, next token; a used token is gone.
+    async def pump2(write):
+        await write(b"x")
+
+    t2 = relay.park(Parked(200, [], pump2, lambda: None))
+    writer.write(f"GET /{t2} HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc".encode())
+    head, chunks = await _read_response(reader)
+    assert chunks == [b"x"]
+    writer.write(f"GET /{t1} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    writer.close()
+    await relay.stop()
+
+
+async def test_unclaimed_tokens_are_abandoned():
+    relay = Relay(unclaimed_ttl=0.3)
+    await relay.start()
+    abandoned = asyncio.Event()
+
+    async def pump(write):  # pragma: no cover - never claimed
+        raise AssertionError
+
+    relay.park(Parked(200, [], pump, abandoned.set))
+    await asyncio.wait_for(abandoned.wait(), 3)
+    await relay.stop()

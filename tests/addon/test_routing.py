@@ -1,0 +1,94 @@
+"""Routing rules over a fake snapshot: gateway by Host, else by key; key checks; longest rule; model mapping."""
+
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace as NS
+
+import pytest
+
+from addon import routing
+from providers import GatewayError
+from store.keys import hash_key
+
+NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+
+
+class FakeSnap:
+    def __init__(self):
+        self.gws = {"g1": NS(id="g1", subdomain="alpha", status="active"),
+                    "g2": NS(id="g2", subdomain="beta", status="active")}
+        self.keys = {hash_key("k1"): NS(id="key1", gateway_id="g1", active=True, expires_at=None),
+                     hash_key("k2"): NS(id="key2", gateway_id="g2", active=True, expires_at=None),
+                     hash_key("old"): NS(id="key3", gateway_id="g1", active=True, expires_at=NOW - timedelta(1)),
+                     hash_key("off"): NS(id="key4", gateway_id="g1", active=False, expires_at=None)}
+        self.rules = {"g1": [NS(path="/v1", service_id="s1", methods=["POST"], strip_path=False)]}
+        self.services = {"s1": NS(id="s1", type="upstream", upstream_id="u1")}
+        self.upstreams = {"u1": NS(id="u1", targets=[NS(id="t1")])}
+
+    def gateway(self, gid):
+        return self.gws.get(gid)
+
+    def gateway_by_subdomain(self, label):
+        return next((g for g in self.gws.values() if g.subdomain == label), None)
+
+    def key_by_hash(self, h):
+        return self.keys.get(h)
+
+    def match_rule(self, gid, path, method):
+        for r in self.rules.get(gid, []):
+            if (path == r.path or path.startswith(r.path + "/")) and method in r.methods:
+                return r
+        return None
+
+    def service(self, sid):
+        return self.services.get(sid)
+
+    def upstream(self, uid):
+        return self.upstreams.get(uid)
+
+
+def resolve(host, headers, path="/v1/chat/completions", method="POST", **kw):
+    return routing.resolve(FakeSnap(), host=host, headers=headers, path=path, method=method, now=NOW, **kw)
+
+
+def test_gateway_by_host_subdomain_and_by_key():
+    assert resolve("alpha.example.com", {"x-api-key": "k1"}).gateway.id == "g1"
+    assert resolve("127.0.0.1:8081", {"authorization": "Bearer k1"}).gateway.id == "g1"
+    assert resolve("localhost", {"x-api-key": "k1"}).upstream.id == "u1"
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "nope"}, {"x-api-key": "old"}, {"x-api-key": "off"},
+                                     {"authorization": "Basic k1"}, {"x-api-key": "k2"}])
+def test_bad_keys_are_401(headers):
+    with pytest.raises(GatewayError) as err:
+        resolve("alpha.example.com", headers)
+    assert err.value.status == 401
+
+
+def test_no_rule_is_404():
+    with pytest.raises(GatewayError) as err:
+        resolve("alpha.example.com", {"x-api-key": "k1"}, path="/v2/chat")
+    assert err.value.status == 404
+    with pytest.raises(GatewayError) as err:
+        resolve("alpha.example.com", {"x-api-key": "k1"}, method="GET")
+    assert err.value.status == 404
+
+
+def test_subdomain_with_base_domain():
+    assert routing.subdomain_of("alpha.gw.example.com", "gw.example.com") == "alpha"
+    assert routing.subdomain_of("alpha.other.com", "gw.example.com") is None
+    assert routing.subdomain_of("your-subdomain.example.com:8081") == "your-subdomain"
+    assert routing.subdomain_of("10.0.0.1") is None
+
+
+def test_model_mapping():
+    t = NS(models=["gpt-4", "gpt-3.5-turbo"], default_model="gpt-4")
+    assert routing.map_model("gpt-3.5-turbo", t) == "gpt-3.5-turbo"
+    assert routing.map_model("claude-x", t) == "gpt-4"
+    assert routing.map_model(None, t) == "gpt-4"
+    assert routing.map_model("m", NS(models=[], default_model=None)) == "m"
+
+
+def test_forwarded_path_strip():
+    rule = NS(path="/ai", strip_path=True)
+    assert routing.forwarded_path("/ai/v1/x?a=1", rule, "/base") == "/base/v1/x?a=1"
+    assert routing.forwarded_path("/ai/v1/x", NS(path="/ai", strip_path=False), None) == "/ai/v1/x"

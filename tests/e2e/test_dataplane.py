@@ -1,0 +1,211 @@
+"""The guide's load-balanced chat through a real mitmdump, with the real openai SDK and strict mock providers."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import threading
+import time
+
+import pytest
+from openai import OpenAI
+
+from tests.e2e.harness import anthropic_target, http, openai_target, wait_until
+
+GUIDE_BODY = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 1020,
+              "system": "You are an assistant"}
+
+
+def _chat(proxy, subdomain, key, body=None, headers=None):
+    h = {"Host": f"{subdomain}.example.com", "X-Api-Key": key}
+    h.update(headers or {})
+    return http("POST", f"{proxy.base}/v1/chat/completions", body or GUIDE_BODY, h)
+
+
+def _client(proxy, key, **kw) -> OpenAI:
+    return OpenAI(base_url=f"{proxy.base}/v1", api_key=key, max_retries=0, _strict_response_validation=True,
+                  timeout=30, **kw)
+
+
+def _two_mocks(mock_factory):
+    oa = mock_factory("openai-mock", "sk-openai-test")
+    an = mock_factory("anthropic-mock", "sk-ant-test")
+    return oa, an
+
+
+def test_guide_curl_returns_openai_completion_from_either_provider(admin, proxy, subdomain, mock_factory):
+    oa, an = _two_mocks(mock_factory)
+    cfg = admin.guide_setup([openai_target(oa.port), anthropic_target(an.port)], subdomain=subdomain)
+    seen = collections.Counter()
+    for _ in range(4):
+        r = _chat(proxy, subdomain, cfg["key"])
+        assert r.status == 200, r.body
+        body = r.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["choices"][0]["finish_reason"] == "stop"
+        assert r.headers["x-selected-provider"] in ("openai", "anthropic")
+        assert r.headers["x-selected-target"]
+        assert r.headers["x-gateway-attempts"] == f"{r.headers['x-selected-provider']}:200"
+        assert float(r.headers["x-gateway-overhead-ms"]) >= 0
+        seen[r.headers["x-selected-provider"]] += 1
+    assert seen == {"openai": 2, "anthropic": 2}
+    # What each provider received is in its own format: the strict Anthropic mock accepted the translation.
+    sent = an.requests()[-1]
+    assert sent["body"]["system"] and "messages" in sent["body"] and sent["body"]["max_tokens"] == 1020
+    assert "x-api-key" in sent["headers"] and sent["headers"]["x-api-key"] == "sk-ant-test"
+    assert cfg["key"] not in json.dumps(sent["headers"])
+    sent = oa.requests()[-1]
+    assert sent["body"]["messages"][0] == {"role": "system", "content": "You are an assistant"}
+    assert sent["headers"]["authorization"] == "Bearer sk-openai-test"
+    assert "x-api-key" not in sent["headers"]
+
+
+@pytest.mark.parametrize("weights,low,high", [((50, 50), 0.40, 0.60), ((75, 25), 0.65, 0.85)])
+def test_weighted_split_over_200_requests(admin, proxy, subdomain, mock_factory, weights, low, high):
+    oa, an = _two_mocks(mock_factory)
+    cfg = admin.guide_setup([openai_target(oa.port, weight=weights[0]), anthropic_target(an.port, weight=weights[1])],
+                            subdomain=subdomain)
+    counts = collections.Counter()
+
+    def one(_):
+        r = _chat(proxy, subdomain, cfg["key"])
+        assert r.status == 200, r.body
+        return r.headers["x-selected-provider"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        counts.update(pool.map(one, range(200)))
+    share = counts["openai"] / 200
+    assert low <= share <= high, counts
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_openai_sdk_non_stream_and_stream_against_each_provider(admin, proxy, subdomain, mock_factory, provider):
+    oa, an = _two_mocks(mock_factory)
+    target = openai_target(oa.port, weight=1) if provider == "openai" else anthropic_target(an.port, weight=1)
+    cfg = admin.guide_setup([target], subdomain=subdomain)
+    client = _client(proxy, cfg["key"])  # no Host header: the key names the gateway
+
+    completion = client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=64)
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=64, stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == completion.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+    with client.chat.completions.stream(model="gpt-4", messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=64) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.content == text
+
+
+def test_stream_events_arrive_as_the_provider_sends_them(admin, proxy, subdomain, mock_factory):
+    an = mock_factory("anthropic-mock", "sk-ant-test")
+    cfg = admin.guide_setup([anthropic_target(an.port, weight=1)], subdomain=subdomain)
+    # The mock pauses 0.4 s after its 3rd event: the first content must reach the client before the pause ends.
+    an.set_faults([{"stall_after": 3, "stall": 0.4}])
+    client = _client(proxy, cfg["key"])
+    t0 = time.monotonic()
+    first = None
+    for chunk in client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=64, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.monotonic() - t0
+    total = time.monotonic() - t0
+    assert first is not None and total >= 0.4
+    assert first < total - 0.3, (first, total)
+
+
+def test_missing_wrong_and_foreign_keys_are_401_in_openai_format(admin, proxy, subdomain, mock_factory):
+    oa = mock_factory("openai-mock", "sk-openai-test")
+    cfg = admin.guide_setup([openai_target(oa.port)], subdomain=subdomain)
+    for headers in ({}, {"X-Api-Key": "aigw-not-a-key"}, {"Authorization": "Bearer nope"}):
+        r = http("POST", f"{proxy.base}/v1/chat/completions", GUIDE_BODY,
+                 {"Host": f"{subdomain}.example.com", **headers})
+        assert r.status == 401, r.body
+        assert r.json()["error"]["code"] == "invalid_api_key"
+    other = admin.guide_setup([openai_target(oa.port)], subdomain=subdomain + "x")
+    r = _chat(proxy, subdomain, other["key"])
+    assert r.status == 401
+    # A deleted key stops working within a second.
+    keys = admin.ok("GET", f"/gateways/{cfg['gateway']['id']}/keys")
+    admin.ok("DELETE", f"/gateways/{cfg['gateway']['id']}/keys/{keys[0]['id']}")
+    wait_until(lambda: _chat(proxy, subdomain, cfg["key"]).status == 401, timeout=3)
+    assert not oa.requests() or all("aigw-" not in json.dumps(r["headers"]) for r in oa.requests())
+
+
+def test_no_rule_is_404_and_anthropic_ingress_errors_are_anthropic_shaped(admin, proxy, subdomain, mock_factory):
+    oa = mock_factory("openai-mock", "sk-openai-test")
+    cfg = admin.guide_setup([openai_target(oa.port)], subdomain=subdomain, rule_path="/v1/chat")
+    r = http("POST", f"{proxy.base}/v1/messages", {"model": "m", "max_tokens": 5, "messages": []},
+             {"x-api-key": cfg["key"]})
+    assert r.status == 404
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "not_found_error"
+    r = http("POST", f"{proxy.base}/v1/messages", {"model": "m"}, {"x-api-key": "bad"})
+    assert r.status == 401 and r.json()["error"]["type"] == "authentication_error"
+    r = http("POST", f"{proxy.base}/v1/chat/completions", b"{not json", {"X-Api-Key": cfg["key"]})
+    assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert b"<html" not in r.body.lower()
+
+
+def test_a_target_down_every_request_still_served(admin, proxy, subdomain, mock_factory):
+    from tests.e2e.harness import free_port
+
+    an = mock_factory("anthropic-mock", "sk-ant-test")
+    dead = free_port()  # nothing listens there: connection refused
+    cfg = admin.guide_setup([openai_target(dead), anthropic_target(an.port)], subdomain=subdomain)
+    client = _client(proxy, cfg["key"])
+    statuses = collections.Counter()
+    for i in range(30):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "Hi"}], max_tokens=32, stream=bool(i % 2))
+        statuses[raw.status_code] += 1
+        assert raw.headers["x-selected-provider"] == "anthropic"
+        if i == 0:
+            assert raw.headers["x-gateway-attempts"].startswith("openai:connect,anthropic:200") or \
+                raw.headers["x-gateway-attempts"] == "anthropic:200"
+        raw.parse()
+    assert statuses == {200: 30}
+
+
+def test_config_change_applies_live_under_load(admin, proxy, subdomain, mock_factory):
+    oa, an = _two_mocks(mock_factory)
+    cfg = admin.guide_setup([openai_target(oa.port, weight=1)], subdomain=subdomain)
+    gid, uid = cfg["gateway"]["id"], cfg["upstream"]["id"]
+    stop = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def load():
+        while not stop.is_set():
+            r = _chat(proxy, subdomain, cfg["key"])
+            results.append((r.status, r.headers.get("x-selected-provider", "")))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: len(results) > 20, timeout=10)
+        upstream = admin.ok("GET", f"/gateways/{gid}/upstreams/{uid}")
+        upstream["targets"] = [anthropic_target(an.port, weight=1)]
+        changed_at = time.monotonic()
+        admin.ok("PUT", f"/gateways/{gid}/upstreams/{uid}", upstream)
+        mark = len(results)
+        wait_until(lambda: any(p == "anthropic" for _, p in results[mark:]), timeout=5)
+        applied_after = time.monotonic() - changed_at
+        wait_until(lambda: len(results) > mark + 40, timeout=10)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert applied_after < 1.5
+    assert all(status == 200 for status, _ in results), collections.Counter(s for s, _ in results)
+    # After the switch settles, only the new target serves.
+    assert {p for _, p in results[-10:]} == {"anthropic"}
