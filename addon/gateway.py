@@ -24,6 +24,10 @@ log = logging.getLogger("aigw")
 RELAY_META = "aigw_relay"
 
 
+def _spawn(coro, *, name: str) -> asyncio.Task:
+    return create_task(coro, name=name, keep_ref=True)
+
+
 def _mask(secret: str) -> str:
     return f"{secret[:5]}…{secret[-4:]}" if len(secret) > 12 else "…"
 
@@ -57,16 +61,16 @@ class GatewayAddon:
                 self.live.stop()
             self.live = LiveConfig(path)
             if self._started:
-                self.live.start(create_task)
+                self.live.start(_spawn)
         settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
         self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
 
     def running(self) -> None:
         if not self._started and self.live is not None:
             self._started = True
-            self.live.start(create_task)
-            create_task(self.relay.start(), name="aigw-relay-start")
-            self._prober = create_task(Prober(lambda: self.live, self.client, target_origin, credential_headers).run(),
+            self.live.start(_spawn)
+            _spawn(self.relay.start(), name="aigw-relay-start")
+            self._prober = _spawn(Prober(lambda: self.live, self.client, target_origin, credential_headers).run(),
                                        name="aigw-active-probes")
 
     def done(self) -> None:

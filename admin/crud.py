@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flask import Blueprint, Response, jsonify
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from store.models import Entity
 
@@ -41,6 +41,10 @@ class Resource:
     prepare: Callable[[Entity, Entity | None], Entity] = _unchanged
     #: Methods on the item URL (keys have no PUT).
     item_methods: tuple[str, ...] = field(default=("GET", "PUT", "DELETE"))
+    #: OpenAPI schemas where they differ from ``model`` (keys are created from ApiKeyCreate, shown as ApiKeyView).
+    request_schema: type[BaseModel] | None = None
+    response_schema: type[BaseModel] | None = None
+    created_schema: type[BaseModel] | None = None
     #: False when the resource registers its own POST (keys: the payload is not the stored model).
     generic_create: bool = True
 

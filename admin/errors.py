@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -80,14 +80,16 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        allow = exc.get_response().headers.get("Allow") if status == 405 else None
         messages = {
             404: "no such endpoint; the API lives under /api/v1 (see /api/v1/openapi.json)",
+            405: f"method {request.method} is not allowed here; allowed: {allow}",
             413: f"request body too large (limit {app.config.get('MAX_CONTENT_LENGTH')} bytes)",
         }
         message = messages.get(status) or _one_line(exc.description) or exc.name
         response = error_response(status, message)
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        if allow:
+            response.headers["Allow"] = allow
         return response
 
     @app.errorhandler(Exception)

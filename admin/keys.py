@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, jsonify
 from pydantic import ValidationError
 
-from store.models import ApiKey, ApiKeyCreate, ApiKeyCreated, Entity
+from store.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyView, Entity
 
 from .crud import Resource, crud_blueprint
 from .errors import validation_error
@@ -19,7 +19,15 @@ def _key_view(entity: Entity) -> dict:
 
 
 RESOURCE = Resource(
-    kind="keys", model=ApiKey, label="key", view=_key_view, item_methods=("GET", "DELETE"), generic_create=False
+    kind="keys",
+    model=ApiKey,
+    label="key",
+    view=_key_view,
+    item_methods=("GET", "DELETE"),
+    generic_create=False,
+    request_schema=ApiKeyCreate,
+    response_schema=ApiKeyView,
+    created_schema=ApiKeyCreated,
 )
 bp = crud_blueprint(RESOURCE)
 

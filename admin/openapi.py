@@ -26,8 +26,6 @@ RESOURCES: tuple[Resource, ...] = (
     rules.RESOURCE,
     keys.RESOURCE,
 )
-#: (request body schema, response schema) per resource, where they differ from the stored model.
-_KEY_SCHEMAS = {"request": ApiKeyCreate, "created": ApiKeyCreated, "response": ApiKeyView}
 _SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyView, ErrorBody, UpstreamHealth,
 )
@@ -69,10 +67,9 @@ def _openapi_path(rule: str) -> str:
 
 
 def _resource_paths(resource: Resource) -> dict[str, Any]:
-    is_key = resource.kind == "keys"
-    request_model = _KEY_SCHEMAS["request"] if is_key else resource.model
-    response_model = _KEY_SCHEMAS["response"] if is_key else resource.model
-    created_model = _KEY_SCHEMAS["created"] if is_key else resource.model
+    request_model = resource.request_schema or resource.model
+    response_model = resource.response_schema or resource.model
+    created_model = resource.created_schema or resource.model
     paging = [
         {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
         {"name": "limit", "in": "query",

@@ -30,13 +30,16 @@ used and, when it has ``times``, one use is consumed::
      "delay": seconds,                    # wait before anything is sent (large = hang)
      "close": true,                       # drop the TCP connection without a response
      "status": int, "retry_after": "7", "body": dict|str, "headers": {...},   # provider-shaped error
-     "first_token_delay": seconds,        # stream: headers now, first event after the wait
-     "stall_after": k, "stall": seconds,  # stream: k events, silence, then the rest
-     "cut_after": k,                      # stream: k events, then drop the connection (no terminal event)
-     "error_event_after": k}              # stream: k events, then the provider's in-stream error, then end
+     "first_token_delay": seconds,        # headers now, first event (JSON: the body) after the wait
+     "stall_after": k, "stall": seconds,  # k events, silence, then the rest (JSON: half the body, silence, rest)
+     "cut_after": k,                      # k events, then drop the connection, never the terminal event
+                                          #   (JSON: headers and half the body, then drop)
+     "error_event_after": k}              # k events, then the provider's in-stream error, then end
+                                          #   (JSON: the provider's overloaded status error instead)
 
-A rule whose only actions are stream actions matches streaming requests only. Faults apply to the provider
-endpoints and ``/v1/models``; they take effect before authentication and validation.
+An event is one SSE message (``message_start``, ``ping`` and ``[DONE]`` count). Faults apply to the provider
+endpoints and ``/v1/models``, never to ``/healthz`` or ``/_mock/``; they take effect before authentication
+and validation.
 """
 
 from __future__ import annotations
@@ -147,6 +150,10 @@ _GEMINI_STATUS = {
 }
 
 
+# The status a provider uses for "overloaded" (also the error carried by in-stream error events).
+OVERLOADED_STATUS = {OPENAI: 503, ANTHROPIC: 529, GEMINI: 503}
+
+
 def status_error(provider: str, status: int, message: str | None = None) -> ApiError:
     """The error a provider would send for ``status`` (used by fault rules)."""
     if provider == ANTHROPIC:
@@ -220,10 +227,6 @@ class FaultRule:
     stall: float = 0.0
     error_event_after: int | None = None
 
-    @property
-    def stream_only(self) -> bool:
-        return not (self.status or self.close or self.delay) and self.stream is None
-
     def matches(self, provider: str, path: str, stream: bool, model: Any) -> bool:
         if self.times is not None and self.times <= 0:
             return False
@@ -233,8 +236,7 @@ class FaultRule:
             return False
         if self.model is not None and self.model != model:
             return False
-        want_stream = True if self.stream_only else self.stream
-        return want_stream is None or want_stream == stream
+        return self.stream is None or self.stream == stream
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {}
@@ -360,14 +362,25 @@ class Plan:
         return len(self.pieces) + sum(_ntokens(len(tc.name) + len(tc.args_json)) for tc in self.tool_calls)
 
 
-def choose_tools(tool_names: Sequence[str], last_user_text: str | None, mode: str, forced: str | None) -> list[str]:
-    """Names of the tools to call. ``mode``: auto | none | any; ``forced``: a named tool the client requires."""
-    if not tool_names or mode == "none":
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """A request's tool choice in common terms: mode auto | none | any, an optional required tool name, and
+    whether several calls may be returned at once."""
+
+    mode: str = "auto"
+    forced: str | None = None
+    parallel: bool = True
+
+
+def choose_tools(tool_names: Sequence[str], last_user_text: str | None, choice: ToolChoice) -> list[str]:
+    """Names of the tools to call: when tools are given and the choice forces one, or the last plain user turn
+    mentions the weather; "parallel" in that text asks for two calls (unless parallel calls are disabled)."""
+    if not tool_names or choice.mode == "none":
         return []
     text = (last_user_text or "").lower()
-    if forced or mode == "any" or "weather" in text:
-        name = forced or tool_names[0]
-        return [name, name] if "parallel" in text else [name]
+    if choice.forced or choice.mode == "any" or "weather" in text:
+        name = choice.forced or tool_names[0]
+        return [name, name] if "parallel" in text and choice.parallel else [name]
     return []
 
 
@@ -640,8 +653,8 @@ def _oa_tools(body: dict) -> list[str]:
     return names
 
 
-def validate_openai(body: Any, *, require_model: bool = True) -> None:
-    """Raise ApiError(400) for a request the real chat completions API rejects."""
+def validate_openai(body: Any, *, require_model: bool = True) -> list[str]:
+    """Raise ApiError(400) for a request the real chat completions API rejects; return the function tool names."""
     if not isinstance(body, dict):
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
                             "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
@@ -681,18 +694,18 @@ def validate_openai(body: Any, *, require_model: bool = True) -> None:
                                   "invalid_value")
         elif not isinstance(stop, str):
             raise _oa_type("stop", "one of a string or array of strings", stop)
-    _oa_tools(body)
+    return _oa_tools(body)
 
 
-def _oa_tool_choice(body: dict) -> tuple[str, str | None]:
-    tc = body.get("tool_choice")
+def _oa_tool_choice(body: dict) -> ToolChoice:
+    tc, parallel = body.get("tool_choice"), body.get("parallel_tool_calls") is not False
     if tc == "none":
-        return "none", None
+        return ToolChoice("none")
     if tc == "required":
-        return "any", None
+        return ToolChoice("any", None, parallel)
     if isinstance(tc, dict) and tc.get("type") == "function":
-        return "any", tc["function"]["name"]
-    return "auto", None
+        return ToolChoice("any", tc["function"]["name"], parallel)
+    return ToolChoice("auto", None, parallel)
 
 
 def _oa_last_user_text(msgs: list) -> str | None:
@@ -984,8 +997,8 @@ def _an_tools(body: dict) -> list[str]:
     return names
 
 
-def validate_anthropic(body: Any) -> list[tuple[str, list[tuple[int, dict]]]]:
-    """Raise ApiError(400) for a request the real Messages API rejects; return the merged turns."""
+def validate_anthropic(body: Any) -> tuple[list[tuple[str, list[tuple[int, dict]]]], list[str]]:
+    """Raise ApiError(400) for a request the real Messages API rejects; return the merged turns and tool names."""
     if not isinstance(body, dict):
         raise _an_invalid("Input should be a valid dictionary or object to extract fields from")
     for k in body:
@@ -1025,7 +1038,7 @@ def validate_anthropic(body: Any) -> list[tuple[str, list[tuple[int, dict]]]]:
         for k in md:
             if k != "user_id":
                 raise _an_invalid(f"metadata.{k}: Extra inputs are not permitted")
-    _an_tools(body)
+    names = _an_tools(body)
     th = body.get("thinking")
     if th is not None:
         if not isinstance(th, dict) or th.get("type") not in ("enabled", "disabled", "adaptive"):
@@ -1037,15 +1050,15 @@ def validate_anthropic(body: Any) -> list[tuple[str, list[tuple[int, dict]]]]:
                 raise _an_invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
             if bt >= body["max_tokens"]:
                 raise _an_invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
-    return turns
+    return turns, names
 
 
-def _an_tool_choice(body: dict) -> tuple[str, str | None]:
+def _an_tool_choice(body: dict) -> ToolChoice:
     tc = body.get("tool_choice") or {}
-    typ = tc.get("type", "auto")
+    typ, parallel = tc.get("type", "auto"), not tc.get("disable_parallel_tool_use")
     if typ == "tool":
-        return "any", tc["name"]
-    return typ, None
+        return ToolChoice("any", tc["name"], parallel)
+    return ToolChoice(typ, None, parallel)
 
 
 def _an_last_user_text(turns: list[tuple[str, list[tuple[int, dict]]]]) -> str | None:
@@ -1222,8 +1235,9 @@ def _gm_tools(body: dict) -> list[str]:
     return names
 
 
-def validate_gemini(body: Any) -> list[list[str]]:
-    """Raise ApiError(400) for a request generateContent rejects; return the part kinds of each turn."""
+def validate_gemini(body: Any) -> tuple[list[list[str]], list[str]]:
+    """Raise ApiError(400) for a request generateContent rejects; return the part kinds of each turn and the
+    declared function names."""
     if not isinstance(body, dict):
         raise _gm_invalid("Invalid JSON payload received. Expected an object.")
     for k in body:
@@ -1247,19 +1261,18 @@ def validate_gemini(body: Any) -> list[list[str]]:
     if si is not None and (not isinstance(si, dict) or not isinstance(si.get("parts"), list)):
         raise _gm_invalid("Invalid JSON payload received. Invalid value at 'system_instruction'",
                           "system_instruction")
-    _gm_tools(body)
-    return kinds
+    return kinds, _gm_tools(body)
 
 
-def _gm_tool_choice(body: dict) -> tuple[str, str | None]:
+def _gm_tool_choice(body: dict) -> ToolChoice:
     fcc = _g(_g(body, "toolConfig", "tool_config") or {}, "functionCallingConfig", "function_calling_config") or {}
     mode = str(fcc.get("mode", "AUTO")).upper()
     allowed = _g(fcc, "allowedFunctionNames", "allowed_function_names") or []
     if mode == "NONE":
-        return "none", None
+        return ToolChoice("none")
     if mode in ("ANY", "VALIDATED"):
-        return "any", allowed[0] if allowed else None
-    return "auto", None
+        return ToolChoice("any", allowed[0] if allowed else None)
+    return ToolChoice()
 
 
 def _gm_last_user_text(body: dict, kinds: list[list[str]]) -> str | None:
@@ -1426,7 +1439,9 @@ class MockProvider:
         return [f.to_dict() for f in self._faults]
 
     def requests(self, path_contains: str | None = None) -> list[dict]:
-        """The recorded requests, oldest first: seq, time, method, path, query, headers, body, provider, status."""
+        """The recorded requests, oldest first (at most ``max_records``): seq, time, method, path, query,
+        headers (lower-case names), body (parsed JSON; ``raw`` text when it was not JSON), provider, status
+        (int, or "closed"), and ``outcome`` ("cut", "error_event", "client_closed") when a stream ended early."""
         return [dict(r) for r in self._records if path_contains is None or path_contains in r["path"]]
 
     def stats(self) -> dict:
@@ -1499,14 +1514,44 @@ class MockProvider:
                     if fault.retry_after is not None:
                         err.headers["retry-after"] = fault.retry_after
                     raise err
+                if fault.error_event_after is not None and not stream:
+                    raise status_error(provider, OVERLOADED_STATUS[provider])
             result = await answer(request, body, rec)
         except ApiError as e:
             self._finish(rec, e.status)
             return error_response(provider, e)
         if isinstance(result, StreamBody):
             return await self._send_stream(request, rec, result, fault)
+        if fault is not None and result.status == 200 and (
+                fault.first_token_delay or fault.cut_after is not None or fault.stall_after is not None):
+            return await self._send_body(request, rec, result, fault)
         self._finish(rec, result.status)
         return result
+
+    async def _send_body(self, request: web.Request, rec: dict, result: web.Response,
+                         fault: FaultRule) -> web.StreamResponse:
+        """A JSON answer under a stream fault: slow start, a stall in the middle, or a cut in the middle."""
+        body = result.body if isinstance(result.body, bytes) else b""
+        resp = web.StreamResponse(status=200, headers={k: v for k, v in result.headers.items()
+                                                       if k.lower() != "content-length"})
+        resp.content_length = len(body)
+        self._finish(rec, 200)
+        await resp.prepare(request)
+        if fault.first_token_delay:
+            await asyncio.sleep(fault.first_token_delay)
+        half = len(body) // 2
+        if fault.cut_after is not None:
+            await resp.write(body[:half])
+            rec["outcome"] = "cut"
+            self._drop(request)
+            return resp
+        if fault.stall_after is not None:
+            await resp.write(body[:half])
+            await asyncio.sleep(fault.stall)
+            body = body[half:]
+        await resp.write(body)
+        await resp.write_eof()
+        return resp
 
     async def _send_stream(self, request: web.Request, rec: dict, sb: StreamBody,
                            fault: FaultRule | None) -> web.StreamResponse:
@@ -1526,12 +1571,16 @@ class MockProvider:
             if fault.first_token_delay:
                 await asyncio.sleep(fault.first_token_delay)
         delay = self.chunk_delay
-        for i in range(limit):
-            if i == stall_at:
-                await asyncio.sleep(stall)
-            elif i and delay:
-                await asyncio.sleep(delay)
-            await resp.write(events[i])
+        try:
+            for i in range(limit):
+                if i == stall_at:
+                    await asyncio.sleep(stall)
+                elif i and delay:
+                    await asyncio.sleep(delay)
+                await resp.write(events[i])
+        except ConnectionError:  # the client went away mid-stream
+            rec["outcome"] = "client_closed"
+            return resp
         if ending == "cut":
             rec["outcome"] = "cut"
             self._drop(request)
@@ -1582,25 +1631,25 @@ class MockProvider:
             raise ApiError(401, f"Incorrect API key provided: {masked}. You can find your API key at "
                                 "https://platform.openai.com/account/api-keys.", etype="invalid_request_error",
                            code="invalid_api_key")
-        validate_openai(body, require_model=not azure)
+        names = validate_openai(body, require_model=not azure)
         model = body.get("model") or request.path.split("/")[3]
         if not self._check_model(model):
             raise ApiError(404, f"The model `{model}` does not exist or you do not have access to it.",
                            etype="invalid_request_error", code="model_not_found")
         msgs = body["messages"]
-        names = _oa_tools(body)
-        mode, forced = _oa_tool_choice(body)
         stop = body.get("stop")
         prompt = _ntokens(sum(_text_len(m.get("content")) for m in msgs))
         plan_args = dict(prompt_tokens=prompt, max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
                          stops=[stop] if isinstance(stop, str) else stop or (),
-                         tools=choose_tools(names, _oa_last_user_text(msgs), mode, forced), tool_prefix="call_")
+                         tools=choose_tools(names, _oa_last_user_text(msgs), _oa_tool_choice(body)),
+                         tool_prefix="call_")
         plans = [make_plan(self._pieces, **plan_args) for _ in range(body.get("n") or 1)]
         headers = {"x-request-id": "req_" + _rid(), "openai-processing-ms": "1"}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = openai_stream_events(model, plans, self.tokens_per_chunk, include_usage)
-            err = b"data: " + _dumps(_openai_error_body(status_error(OPENAI, 503))).encode() + b"\n\n"
+            err = b"data: " + _dumps(_openai_error_body(status_error(OPENAI, OVERLOADED_STATUS[OPENAI]))).encode() \
+                + b"\n\n"
             return StreamBody(events, err, headers=headers)
         return web.Response(text=_dumps(openai_completion(model, plans)), content_type="application/json",
                             headers=headers)
@@ -1623,15 +1672,14 @@ class MockProvider:
         if body is _BAD_JSON:
             raise _an_invalid("There was an error parsing the body of your request. Please check that the JSON is "
                               "valid.")
-        turns = validate_anthropic(body)
+        turns, names = validate_anthropic(body)
         model = body["model"]
         if not self._check_model(model):
             raise ApiError(404, f"model: {model}", etype="not_found_error")
-        names = _an_tools(body)
-        mode, forced = _an_tool_choice(body)
         plan = make_plan(self._pieces, prompt_tokens=_ntokens(_an_prompt_chars(body)), max_tokens=body["max_tokens"],
                          stops=body.get("stop_sequences") or (),
-                         tools=choose_tools(names, _an_last_user_text(turns), mode, forced), tool_prefix="toolu_")
+                         tools=choose_tools(names, _an_last_user_text(turns), _an_tool_choice(body)),
+                         tool_prefix="toolu_")
         headers = {"request-id": "req_" + _rid()}
         if body.get("stream"):
             return StreamBody(anthropic_stream_events(model, plan, self.tokens_per_chunk), ANTHROPIC_ERROR_EVENT,
@@ -1666,18 +1714,17 @@ class MockProvider:
         self._gemini_auth(request)
         if body is _BAD_JSON:
             raise _gm_invalid("Invalid JSON payload received. Unexpected token.")
-        kinds = validate_gemini(body)
+        kinds, names = validate_gemini(body)
         model, _, method = request.match_info["target"].partition(":")
         if not self._check_model(model):
             raise ApiError(404, f"models/{model} is not found for API version v1beta, or is not supported for "
                                 f"{method}. Call ListModels to see the list of available models and their supported "
                                 "methods.", etype="NOT_FOUND")
         cfg = _g(body, "generationConfig", "generation_config") or {}
-        mode, forced = _gm_tool_choice(body)
         plan_args = dict(prompt_tokens=_ntokens(_gm_prompt_chars(body)),
                          max_tokens=_g(cfg, "maxOutputTokens", "max_output_tokens"),
                          stops=_g(cfg, "stopSequences", "stop_sequences") or (),
-                         tools=choose_tools(_gm_tools(body), _gm_last_user_text(body, kinds), mode, forced),
+                         tools=choose_tools(names, _gm_last_user_text(body, kinds), _gm_tool_choice(body)),
                          tool_prefix="")
         plans = [make_plan(self._pieces, **plan_args) for _ in range(_g(cfg, "candidateCount", "candidate_count") or 1)]
         if method == "generateContent":
@@ -1704,7 +1751,8 @@ class MockProvider:
     async def _models_answer(self, request: web.Request, body: Any, rec: dict) -> Answer:
         if rec["provider"] == ANTHROPIC:
             self._anthropic_auth(request)
-            data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z",
+                     "lifecycle": "active"}
                     for m in self._model_names()]
             return web.json_response({"data": data, "has_more": False, "first_id": data[0]["id"],
                                       "last_id": data[-1]["id"]})
@@ -1791,7 +1839,12 @@ class MockProviderThread:
         self._loop = loop
         self._thread = threading.Thread(target=run, name=f"mock-provider-{self.provider.name}", daemon=True)
         self._thread.start()
-        self.port = ready.result(timeout=10)
+        try:
+            self.port = ready.result(timeout=10)
+        except BaseException:
+            self._thread.join(timeout=10)
+            self._thread = self._loop = None
+            raise
         return self.port
 
     def stop(self) -> None:

@@ -463,7 +463,7 @@ class AnthropicSource(Source):
         try:
             obj = json.loads(ev.data)
         except ValueError:
-            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+            self.invalid_event()
             return
         if not isinstance(obj, dict):
             return
@@ -525,7 +525,7 @@ class AnthropicPassthrough(Source, Sink):
         try:
             obj = json.loads(data)
         except ValueError:
-            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+            self.invalid_event()
             return
         t = (obj.get("type") if isinstance(obj, dict) else None) or ev.event
         if not t:

@@ -207,7 +207,7 @@ class GeminiSource(Source):
         try:
             obj = json.loads(ev.data)
         except ValueError:
-            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+            self.invalid_event()
             return
         for item in obj if isinstance(obj, list) else (obj,):
             if self.sink.closed:

@@ -462,6 +462,8 @@ class OpenAISink(Sink):
         if self._started:
             return
         self._started = True
+        if not id.startswith(("chatcmpl", "msg_")):
+            id = "chatcmpl-" + id  # Gemini responseIds etc.: keep the recognisable OpenAI prefix
         self._id, self._model = id, model
         # Everything before the delta is constant for the stream: render it once.
         self._head = (b'{"id":' + dumps(id) + b',"object":"chat.completion.chunk","created":'
@@ -470,6 +472,8 @@ class OpenAISink(Sink):
         self._delta({"role": "assistant", "content": ""})
 
     def _delta(self, delta: dict, finish: str | None = None) -> None:
+        if self.closed:
+            return
         tail = b',"logprobs":null,"finish_reason":null}]}' if finish is None else (
             b',"logprobs":null,"finish_reason":"' + finish.encode() + b'"}]}')
         self.out.append(b"data: " + self._head + dumps(delta) + tail + b"\n\n")
@@ -570,7 +574,7 @@ class OpenAISource(Source):
         try:
             chunk = json.loads(data)
         except ValueError:
-            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+            self.invalid_event()
             return
         if not isinstance(chunk, dict):
             return
@@ -646,18 +650,25 @@ class OpenAIPassthrough(Source, Sink):
         Sink.__init__(self)
         Source.__init__(self, self)
         self._include_usage = req.include_usage
+        self._usage_seen = False
+        self._last: tuple | None = None
 
     def on_event(self, ev: SSEEvent) -> None:
         data = ev.data
         if data[:6] == "[DONE]":
             self.done = True
+            if self._include_usage and not self._usage_seen and self._last is not None:
+                # The client was promised a usage chunk; some compatible servers ignore stream_options.
+                cid, created, model = self._last
+                self.out.append(b"data: " + dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                                   "model": model, "choices": [], "usage": usage_obj(Usage())}) + b"\n\n")
             self.out.append(b"data: [DONE]\n\n")
             self.closed = True
             return
         try:
             chunk = json.loads(data)
         except ValueError:
-            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+            self.invalid_event()
             return
         if not isinstance(chunk, dict):
             return
@@ -668,10 +679,14 @@ class OpenAIPassthrough(Source, Sink):
             return
         edited = False
         choices = chunk.get("choices")
+        if chunk.get("usage") is not None:
+            self._usage_seen = True
         if not choices:
             if chunk.get("usage") is None or not self._include_usage:
                 return  # Azure prompt-filter results, or usage the client did not ask for
         else:
+            if self._last is None:
+                self._last = (chunk.get("id"), chunk.get("created"), chunk.get("model"))
             if chunk.get("usage") is not None and not self._include_usage:
                 del chunk["usage"]
                 edited = True

@@ -43,6 +43,12 @@ class Source:
         self.sink = sink
         self.done = False
         self.upstream_error: GatewayError | None = None
+        self.at_eof = False
+
+    def invalid_event(self) -> None:
+        # A last event cut off by EOF is a cut, not an upstream error: finish() reports it as such.
+        if not self.at_eof:
+            self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
 
     def on_event(self, ev: SSEEvent) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -63,6 +69,7 @@ class StreamTranslator:
         self._dec = SSEDecoder()
         self._source = source
         self._sink = sink
+        self._aborted = False
 
     @property
     def committed(self) -> bool:
@@ -80,23 +87,29 @@ class StreamTranslator:
     def closed(self) -> bool:
         return self._sink.closed
 
+    def _ended(self) -> bool:
+        # The source keeps reading after the sink closed cleanly (an Anthropic client's message_stop
+        # goes out on the usage chunk, OpenAI's [DONE] still follows) so that `done` is accurate.
+        src = self._source
+        return src.done or src.upstream_error is not None or self._aborted
+
     def feed(self, data: bytes) -> bytes:
-        sink = self._sink
-        if sink.closed:
+        if self._ended():
             return b""
-        on_event = self._source.on_event
+        source = self._source
         for ev in self._dec.feed(data):
-            on_event(ev)
-            if sink.closed:
+            source.on_event(ev)
+            if source.done or source.upstream_error is not None:
                 break
-        return sink.take()
+        return self._sink.take()
 
     def finish(self) -> bytes:
         sink = self._sink
-        if not sink.closed:
+        if not self._ended():
+            self._source.at_eof = True
             for ev in self._dec.finish():
                 self._source.on_event(ev)
-                if sink.closed:
+                if self._ended():
                     break
         if self._source.done:
             sink.trailer()
@@ -107,6 +120,7 @@ class StreamTranslator:
 
     def abort(self, message: str, kind: str = "api_error") -> bytes:
         sink = self._sink
+        self._aborted = True
         if not sink.closed:
             sink.error(GatewayError(None, kind, message))
         sink.closed = True

@@ -128,6 +128,20 @@ class AtomicJSONStorage(Storage):
         """Nothing held open between operations."""
 
 
+class FieldsEqual:
+    """A TinyDB query: every given field equals its value. Plain dict lookups (cheaper than ``Query()``
+    trees over thousands of records), and not cacheable: other processes change the file under us."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._items = tuple(fields.items())
+
+    def __call__(self, doc: dict[str, Any]) -> bool:
+        return all(doc.get(name) == value for name, value in self._items)
+
+    def is_cacheable(self) -> bool:
+        return False
+
+
 @dataclass(frozen=True)
 class Kind:
     """How the repository treats one table."""
@@ -349,18 +363,16 @@ class Store:
             raise StoreUnavailable(f"stored {spec.label} {doc.get('id')!r} is invalid: {exc}") from exc
 
     @staticmethod
-    def _docs(table: Table, gateway_id: str | None = None) -> list[Document]:
-        docs = table.all()
-        if gateway_id is None:
-            return docs
-        return [doc for doc in docs if doc.get("gateway_id") == gateway_id]
+    def _docs(table: Table, gateway_id: str | None = None, **equal: Any) -> list[Document]:
+        """Documents in insertion order, of one gateway if given, whose fields equal ``equal``."""
+        if gateway_id is not None:
+            equal["gateway_id"] = gateway_id
+        return table.search(FieldsEqual(equal)) if equal else table.all()
 
-    @staticmethod
-    def _find(table: Table, entity_id: str, gateway_id: str | None = None) -> Document | None:
-        for doc in table.all():
-            if doc.get("id") == entity_id:
-                return doc if gateway_id is None or doc.get("gateway_id") == gateway_id else None
-        return None
+    @classmethod
+    def _find(cls, table: Table, entity_id: str, gateway_id: str | None = None) -> Document | None:
+        found = cls._docs(table, gateway_id, id=entity_id)
+        return found[0] if found else None
 
     def _require_gateway(self, spec: Kind, gateway_id: str | None) -> None:
         if not spec.scoped:
@@ -373,8 +385,9 @@ class Store:
     def _check_constraints(self, spec: Kind, entity: Entity, gateway_id: str | None) -> None:
         if spec.unique is not None:
             value = getattr(entity, spec.unique)
-            for doc in self._docs(self._table(spec.table), gateway_id if spec.scoped else None):
-                if doc.get(spec.unique) == value and doc.get("id") != entity.id:
+            scope = gateway_id if spec.scoped else None
+            for doc in self._docs(self._table(spec.table), scope, **{spec.unique: value}):
+                if doc.get("id") != entity.id:
                     scope = "" if not spec.scoped else " in this gateway"
                     message = f"{spec.unique} {value!r} is already used by {spec.label} {doc.get('id')}{scope}"
                     raise Conflict(message, [{"loc": spec.unique, "msg": message}])
@@ -392,10 +405,10 @@ class Store:
             for field, target_table in other.references:
                 if target_table != spec.table:
                     continue
-                for doc in self._docs(self._table(other.table), gateway_id):
-                    if doc.get(field) == entity_id:
-                        referrers.append({"loc": f"{other.table}.{doc['id']}", "msg": f"{other.label} "
-                                          f"{doc.get('name') or doc['id']!r} references it through {field}"})
+                for doc in self._docs(self._table(other.table), gateway_id, **{field: entity_id}):
+                    name = doc.get("name") or doc["id"]
+                    referrers.append({"loc": f"{other.table}.{doc['id']}",
+                                      "msg": f"{other.label} {name!r} references it through {field}"})
         if referrers:
             ids = ", ".join(item["loc"].split(".", 1)[1] for item in referrers)
             raise Conflict(

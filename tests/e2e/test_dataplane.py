@@ -110,8 +110,8 @@ def test_openai_sdk_non_stream_and_stream_against_each_provider(admin, proxy, su
 def test_stream_events_arrive_as_the_provider_sends_them(admin, proxy, subdomain, mock_factory):
     an = mock_factory("anthropic-mock", "sk-ant-test")
     cfg = admin.guide_setup([anthropic_target(an.port, weight=1)], subdomain=subdomain)
-    # The mock pauses 0.4 s after its 3rd event: the first content must reach the client before the pause ends.
-    an.set_faults([{"stall_after": 3, "stall": 0.4}])
+    # The mock pauses 0.4 s after its 4th event (the first text delta): the first content must reach the client before the pause ends.
+    an.set_faults([{"stall_after": 4, "stall": 0.4}])
     client = _client(proxy, cfg["key"])
     t0 = time.monotonic()
     first = None

@@ -1,0 +1,111 @@
+"""Running the admin app: embedded in another process (``serve``) or standalone (``run_forever``).
+
+The admin API can rewrite routing and mint keys, so it refuses to listen beyond loopback without a token.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from store import Store
+
+from .app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class InsecureBindError(ValueError):
+    """Refusing to expose the admin API on a non-loopback address without a token."""
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # any other host name could resolve anywhere
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Raise :class:`InsecureBindError` when ``host`` is not loopback and no admin token is configured."""
+    if not token and not is_loopback(host):
+        raise InsecureBindError(
+            f"refusing to serve the admin API on {host!r} without an admin token: anyone who can reach it could "
+            "change routing and mint keys. Bind to 127.0.0.1, or configure an admin token."
+        )
+
+
+@dataclass
+class AdminServer:
+    """A running admin server: ``port`` is the actual port (useful with port 0)."""
+
+    server: BaseWSGIServer
+    thread: threading.Thread
+    host: str
+    port: int
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def shutdown(self) -> None:
+        """Stop serving, wait for the thread, close the socket. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+        self.server.server_close()
+
+
+def _make_server(
+    store: Store, host: str, port: int, admin_token: str | None, health_path: str | os.PathLike[str] | None
+) -> BaseWSGIServer:
+    check_bind(host, admin_token)
+    app = create_app(store, admin_token=admin_token, health_path=health_path)
+    return make_server(host, port, app, threaded=True)
+
+
+def serve(
+    store: Store,
+    host: str,
+    port: int,
+    *,
+    admin_token: str | None = None,
+    health_path: str | os.PathLike[str] | None = None,
+) -> AdminServer:
+    """Start the admin API in a daemon thread (threaded werkzeug server) and return its handle."""
+    server = _make_server(store, host, port, admin_token, health_path)
+    thread = threading.Thread(target=server.serve_forever, name="aigw-admin", daemon=True)
+    thread.start()
+    handle = AdminServer(server=server, thread=thread, host=host, port=server.server_port)
+    log.info("admin API listening on %s/api/v1", handle.url)
+    return handle
+
+
+def run_forever(
+    store: Store,
+    host: str,
+    port: int,
+    *,
+    admin_token: str | None = None,
+    health_path: str | os.PathLike[str] | None = None,
+) -> None:
+    """Serve in the calling thread until interrupted (the standalone ``aigw admin`` command)."""
+    server = _make_server(store, host, port, admin_token, health_path)
+    log.info("admin API listening on http://%s:%d/api/v1", host, server.server_port)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("admin API stopped")
+    finally:
+        server.server_close()
