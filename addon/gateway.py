@@ -53,6 +53,10 @@ class GatewayAddon:
 
     def configure(self, updated) -> None:
         opts = ctx.options
+        if not opts.keep_host_header:
+            # In reverse mode mitmproxy rewrites Host to the placeholder target before any hook runs; the gateway
+            # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
+            opts.keep_host_header = True
         if "aigw_max_body" in updated and opts.aigw_max_body <= 0:
             raise exceptions.OptionsError("aigw_max_body must be positive")
         if "aigw_data" in updated or self.live is None:

@@ -67,7 +67,7 @@ async def run_proxy(*, data: str, proxy_host: str, proxy_port: int, base_domain:
     master = DumpMaster(opts, with_termlog=True, with_dumper=verbose)
     master.addons.add(GatewayAddon())
     opts.update(mode=["reverse:http://127.0.0.1:9"], listen_host=proxy_host, listen_port=proxy_port,
-                connection_strategy="lazy", aigw_data=data, aigw_base_domain=base_domain,
+                connection_strategy="lazy", keep_host_header=True, aigw_data=data, aigw_base_domain=base_domain,
                 termlog_verbosity="info" if verbose else "warn", flow_detail=1 if verbose else 0)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -153,6 +153,8 @@ def retry_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 def openai_error_obj(err: GatewayError) -> dict:
     etype = err.upstream_type if err.upstream_type and not err.upstream_type.isupper() else OPENAI_TYPE[err.kind]
     code = err.code or OPENAI_CODE.get(err.kind)
+    if code is None and err.kind == "not_found" and "model" in err.message.lower():
+        code = "model_not_found"  # what OpenAI itself answers; clients key on it
     return {"message": err.message, "type": etype, "param": err.param, "code": code}
 
 

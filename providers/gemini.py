@@ -3,7 +3,6 @@ parsing and the stream source. Gemini is never an ingress format, so there is no
 from __future__ import annotations
 
 import json
-import mimetypes
 from typing import Any
 
 from .canonical import (
@@ -49,9 +48,16 @@ def clean_schema(schema: Any) -> Any:
     return out
 
 
+# A fixed table instead of the mimetypes module, which reads the system's mime.types files (I/O).
+_EXT_MIME = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+             "webp": "image/webp", "heic": "image/heic", "heif": "image/heif", "pdf": "application/pdf",
+             "txt": "text/plain", "mp3": "audio/mpeg", "wav": "audio/wav", "mp4": "video/mp4"}
+
+
 def _mime_for(url: str, kind: str) -> str:
-    guess = mimetypes.guess_type(url.split("?", 1)[0])[0]
-    return guess or ("image/jpeg" if kind == "image" else "application/pdf")
+    name = url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1]
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return _EXT_MIME.get(ext) or ("image/jpeg" if kind == "image" else "application/pdf")
 
 
 def _parts(parts: list) -> list[dict]:

@@ -25,7 +25,7 @@ def stack(tmp_path_factory):
     handle = serve(store, "127.0.0.1", 0, health_path=str(data) + ".health.json")
     proxy = start_mitmdump(data, root / "mitm-conf")
     try:
-        yield {"admin": Admin(f"http://127.0.0.1:{handle.port}"), "proxy": proxy, "data": data, "root": root}
+        yield {"admin": Admin(f"http://127.0.0.1:{handle.port}", proxy.base), "proxy": proxy, "data": data, "root": root}
     finally:
         proxy.stop()
         handle.shutdown()

@@ -63,8 +63,16 @@ def http(method: str, url: str, body=None, headers: dict | None = None, timeout:
 class Admin:
     """Talks to the admin API over HTTP, as a user's curl would."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, proxy_base: str | None = None) -> None:
         self.base = base.rstrip("/")
+        self.proxy_base = proxy_base
+
+    def wait_live(self, key: str, timeout: float = 5.0) -> None:
+        """Wait until the proxy knows the key (it reloads the store within a second of a change)."""
+        if self.proxy_base is None:
+            return
+        wait_until(lambda: http("POST", f"{self.proxy_base}/aigw-config-probe", {}, {"X-Api-Key": key}).status != 401,
+                   timeout=timeout)
 
     def call(self, method: str, path: str, body=None) -> HttpResult:
         return http(method, f"{self.base}/api/v1{path}", body)
@@ -89,6 +97,7 @@ class Admin:
                        {"path": rule_path, "service_id": svc["id"], "methods": ["POST"], "strip_path": False,
                         "active": True})
         key = self.ok("POST", f"/gateways/{gw['id']}/keys", {"name": "multi-provider-key"})
+        self.wait_live(key["key"])
         return {"gateway": gw, "upstream": up, "service": svc, "rule": rule, "key": key["key"]}
 
 
