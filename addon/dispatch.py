@@ -25,6 +25,8 @@ from providers import GatewayError, TargetSpec
 log = logging.getLogger("aigw.dispatch")
 
 DEFAULT_RETRY_ON = frozenset({"connect", "timeout", "5xx", "429", "401", "403"})
+# A connection lost before the answer committed is a transport failure, configured like a connect error.
+TRIGGER_OF = {"cut": "connect"}
 # What the gateway reads from a provider for one non-stream answer.
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 
@@ -193,7 +195,7 @@ class Dispatcher:
                         self.live.health.failure(key, policy, self._describe(outcome),
                                                  retry_after_s=ra if outcome.reason == "429" else None,
                                                  health=outcome.reason not in ("401", "403"))
-                    if outcome.reason in retry_on:
+                    if TRIGGER_OF.get(outcome.reason, outcome.reason) in retry_on:
                         continue
                     # Not a failover trigger for this upstream: the caller gets the provider's answer.
                     return self._finish(self._error_passthrough(canon, provider, ingress, outcome), attempts,

@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from addon.balancer import Balancer, Plan
 from addon.health import HealthBoard, HealthPolicy
-from store.health_file import write_health
+from store.health_file import target_key, write_health
 from store.snapshot import SnapshotLoader
 
 log = logging.getLogger("aigw.live")
-
-
-def target_key(upstream_id: str, target_id: str) -> str:
-    return f"{upstream_id}/{target_id}"
 
 
 class LiveConfig:
@@ -67,14 +64,16 @@ class LiveConfig:
         while True:
             await asyncio.sleep(self.publish_interval)
             try:
-                doc = self.health.export()
-                await asyncio.to_thread(write_health, self.health_path, {"pid": os.getpid(), "targets": doc})
+                await asyncio.to_thread(write_health, self.health_path, self._health_doc())
             except Exception:
                 log.exception("aigw: could not publish health state")
 
+    def _health_doc(self) -> dict:
+        return {"written_at": time.time(), "pid": os.getpid(), "targets": self.health.export()}
+
     def _write_health(self) -> None:
         try:
-            write_health(self.health_path, {"pid": os.getpid(), "targets": self.health.export()})
+            write_health(self.health_path, self._health_doc())
         except Exception:
             log.exception("aigw: could not publish health state")
 

@@ -13,7 +13,7 @@ from store import Store
 from . import gateways, keys, openapi, rules, services, upstreams
 from .crud import API_PREFIX
 from .errors import ApiError, register_error_handlers
-from .requests import STORE_EXTENSION
+from .inputs import STORE_EXTENSION
 from .upstreams import HEALTH_PATH_CONFIG
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from store.models import Entity
 
 from .errors import validation_error
-from .requests import bool_arg, get_store, json_body, page
+from .inputs import bool_arg, get_store, json_body, page
 
 API_PREFIX = "/api/v1"
 

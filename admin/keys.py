@@ -10,7 +10,7 @@ from store.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyView, Entity
 
 from .crud import Resource, crud_blueprint
 from .errors import validation_error
-from .requests import get_store, json_body
+from .inputs import get_store, json_body
 
 
 def _key_view(entity: Entity) -> dict:

@@ -14,7 +14,7 @@ from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyView, Gateway, Rule,
 
 from . import gateways, keys, rules, services, upstreams
 from .crud import API_PREFIX, Resource
-from .requests import DEFAULT_LIMIT, MAX_LIMIT
+from .inputs import DEFAULT_LIMIT, MAX_LIMIT
 from .schemas import ErrorBody, UpstreamHealth
 
 bp = Blueprint("openapi", __name__, url_prefix=API_PREFIX)

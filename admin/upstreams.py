@@ -17,7 +17,7 @@ from store.models import Entity, Target, Upstream, format_rfc3339
 
 from .crud import Resource, crud_blueprint
 from .masking import masked_upstream, restore_masked_secrets
-from .requests import get_store
+from .inputs import get_store
 from .schemas import PublishedTargetHealth, TargetHealth, UpstreamHealth
 
 #: Health older than this means the proxy stopped publishing (it publishes every second).
@@ -55,7 +55,9 @@ def build_upstream_health(upstream: Upstream, doc: dict[str, Any] | None, *, now
         upstream_id=upstream.id,
         published_at=format_rfc3339(datetime.fromtimestamp(written_at, timezone.utc)) if written_at else None,
         stale=written_at is None or now - written_at > STALE_AFTER_S,
-        targets=[_target_health(target, published.get(target_key(upstream.id, target.id))) for target in upstream.targets],
+        targets=[
+            _target_health(target, published.get(target_key(upstream.id, target.id))) for target in upstream.targets
+        ],
     )
 
 

@@ -11,6 +11,7 @@ Public API used by addon/:
     UpstreamRequest(method, path, headers, body, stream)
     build_upstream_request(req, target) -> UpstreamRequest
     default_origin(provider) -> (scheme, host, port)
+    auth_headers(provider, api_key) -> {header: value}
     Reply(status, headers, body)
     translate_response(req, provider, status, headers, body, *, now=None, new_id=None) -> Reply
     error_reply(ingress, err) -> Reply
@@ -37,7 +38,7 @@ from .streaming import StreamTranslator
 
 __all__ = [
     "GatewayError", "CanonicalRequest", "TargetSpec", "UpstreamRequest", "Reply", "StreamTranslator",
-    "ingress_for_path", "parse_request", "build_upstream_request", "default_origin",
+    "ingress_for_path", "parse_request", "build_upstream_request", "default_origin", "auth_headers",
     "translate_response", "error_reply", "open_stream", "PROVIDERS",
 ]
 
@@ -128,6 +129,11 @@ def _auth_headers(provider: str, credentials: Any) -> dict[str, str]:
     if provider == "gemini":
         return {"x-goog-api-key": key}
     return {"authorization": f"Bearer {key}"}
+
+
+def auth_headers(provider: str, api_key: str) -> dict[str, str]:
+    """The provider's auth header for a plain API key (also used by the addon for passthrough/probes)."""
+    return _auth_headers(provider, {"api_key": api_key})
 
 
 def _path(req: CanonicalRequest, target: TargetSpec, model: str) -> str:

@@ -10,7 +10,7 @@ from .canonical import (
     Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage, dumps, fill_tool_result_names,
     merge_messages, want,
 )
-from .errors import ANTHROPIC_TYPE, DEFAULT_STATUS, GatewayError, _ANTHROPIC_TYPE_TO_KIND, anthropic_error_obj, invalid
+from .errors import DEFAULT_STATUS, GatewayError, ANTHROPIC_TYPE_TO_KIND, anthropic_error_obj, invalid
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -445,7 +445,7 @@ def _event_error(obj: Any) -> GatewayError:
     err = obj.get("error") if isinstance(obj, dict) else None
     err = err if isinstance(err, dict) else {}
     etype = err.get("type") if isinstance(err.get("type"), str) else "api_error"
-    kind = _ANTHROPIC_TYPE_TO_KIND.get(etype, "api_error")
+    kind = ANTHROPIC_TYPE_TO_KIND.get(etype, "api_error")
     return GatewayError(DEFAULT_STATUS[kind], kind, str(err.get("message") or "upstream stream error"),
                         upstream_type=etype)
 

@@ -74,7 +74,7 @@ def kind_for_status(status: int) -> str:
             408: "timeout"}.get(status, "invalid_request" if 400 <= status < 500 else "api_error")
 
 
-_ANTHROPIC_TYPE_TO_KIND = {v: k for k, v in ANTHROPIC_TYPE.items() if k not in ("timeout", "unavailable")}
+ANTHROPIC_TYPE_TO_KIND = {v: k for k, v in ANTHROPIC_TYPE.items() if k not in ("timeout", "unavailable")}
 _GEMINI_STATUS_TO_KIND = {
     "INVALID_ARGUMENT": "invalid_request", "FAILED_PRECONDITION": "invalid_request",
     "OUT_OF_RANGE": "invalid_request", "UNAUTHENTICATED": "authentication",
@@ -118,8 +118,8 @@ def parse_error_body(status: int, body: bytes | str | Mapping | None) -> Gateway
                 utype = err.get("type") if isinstance(err.get("type"), str) else None
                 code = err.get("code") if isinstance(err.get("code"), str) else None
                 param = err.get("param") if isinstance(err.get("param"), str) else None
-                if obj.get("type") == "error" and utype in _ANTHROPIC_TYPE_TO_KIND:
-                    kind = _ANTHROPIC_TYPE_TO_KIND[utype]
+                if obj.get("type") == "error" and utype in ANTHROPIC_TYPE_TO_KIND:
+                    kind = ANTHROPIC_TYPE_TO_KIND[utype]
                     if kind == "overloaded" and status != 529:
                         kind = kind_for_status(status) if status >= 400 else kind
         elif isinstance(err, str):

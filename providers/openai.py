@@ -8,14 +8,14 @@ fields (logprobs, n>1, audio, ...).
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any
 
 from .canonical import (
     NUM, CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, Message, RefusalPart, TextPart,
     Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage, dumps, fill_tool_result_names,
-    media_kind, merge_messages, parse_arguments, split_data_url, want,
+    media_kind, merge_messages, split_data_url, want,
 )
-from .errors import GatewayError, invalid, openai_error_obj
+from .errors import ANTHROPIC_TYPE_TO_KIND, GatewayError, invalid, openai_error_obj
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -597,8 +597,10 @@ class OpenAISource(Source):
             if refusal:
                 self._refusal = True
                 sink.refusal(refusal)
-            for tc in delta.get("tool_calls") or ():
-                idx = tc.get("index", 0)
+            for k, tc in enumerate(delta.get("tool_calls") or ()):
+                idx = tc.get("index")
+                if not isinstance(idx, int):
+                    idx = k
                 fn = tc.get("function") or {}
                 if idx not in self._tools:
                     self._tools.add(idx)
@@ -629,8 +631,7 @@ def _stream_error(err: Any) -> GatewayError:
     if isinstance(err, dict):
         msg = err.get("message") if isinstance(err.get("message"), str) else "upstream stream error"
         etype = err.get("type") if isinstance(err.get("type"), str) else None
-        from .errors import _ANTHROPIC_TYPE_TO_KIND
-        kind = _ANTHROPIC_TYPE_TO_KIND.get(etype or "", "api_error")
+        kind = ANTHROPIC_TYPE_TO_KIND.get(etype or "", "api_error")
         if etype in ("server_error",):
             kind = "api_error"
         elif etype in ("rate_limit_exceeded", "requests", "tokens"):
@@ -652,6 +653,8 @@ class OpenAIPassthrough(Source, Sink):
         self._include_usage = req.include_usage
         self._usage_seen = False
         self._last: tuple | None = None
+        self._roles: set = set()
+        self._calls: set = set()
 
     def on_event(self, ev: SSEEvent) -> None:
         data = ev.data
@@ -693,6 +696,9 @@ class OpenAIPassthrough(Source, Sink):
             for ch in choices:
                 if not isinstance(ch, dict):
                     continue
+                d = ch.get("delta")
+                if isinstance(d, dict) and (d.get("role") or d.get("tool_calls")) and self._dedupe(ch.get("index", 0), d):
+                    edited = True
                 fr = ch.get("finish_reason")
                 if fr is not None and fr not in FINISH_LITERALS:
                     ch["finish_reason"] = FINISH_OUT[FINISH_IN.get(fr, "stop")]
@@ -702,6 +708,36 @@ class OpenAIPassthrough(Source, Sink):
                     if d.get("content") or d.get("tool_calls") or d.get("refusal") or d.get("function_call"):
                         self.committed = True
         self.out.append(b"data: " + (dumps(chunk) if edited else data.encode()) + b"\n\n")
+
+    def _dedupe(self, ci: int, d: dict) -> bool:
+        """Some compatible servers repeat role, or a tool call's id/name, in every delta, or omit the
+        tool-call index; the SDK accumulator concatenates repeated strings ("assistantassistant") and
+        raises on a missing index (§4.7-3/4). Returns True when the delta was edited."""
+        edited = False
+        if d.get("role"):
+            if ci in self._roles:
+                del d["role"]
+                edited = True
+            else:
+                self._roles.add(ci)
+        for k, tc in enumerate(d.get("tool_calls") or ()):
+            if not isinstance(tc, dict):
+                continue
+            if not isinstance(tc.get("index"), int):
+                tc["index"] = k
+                edited = True
+            key = (ci, tc["index"])
+            if key in self._calls:
+                if "id" in tc:
+                    del tc["id"]
+                    edited = True
+                fn = tc.get("function")
+                if isinstance(fn, dict) and "name" in fn:
+                    del fn["name"]
+                    edited = True
+            else:
+                self._calls.add(key)
+        return edited
 
     def error(self, err: GatewayError) -> None:
         if self.closed:

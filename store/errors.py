@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class StoreError(Exception):
     """Base class. ``details`` follows the admin error shape: ``[{"loc": ..., "msg": ...}]``."""
@@ -34,3 +36,11 @@ class InvalidReference(StoreError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be used right now: the lock is held too long, or the file is unreadable."""
+
+
+def summarize_validation_error(exc: ValidationError) -> str:
+    """One line for logs and messages: the count and the first location/message, never the input values (a
+    stored record holds provider credentials)."""
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    first = errors[0]
+    return f"{len(errors)} validation error(s), first: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"

@@ -15,6 +15,7 @@ Here TinyDB keeps its file format and table API, but runs on :class:`AtomicJSONS
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document, Table
 
 from .atomic import atomic_write_bytes, temp_prefix
-from .errors import Conflict, InvalidReference, NotFound, StoreUnavailable
+from .errors import Conflict, InvalidReference, NotFound, StoreUnavailable, summarize_validation_error
 from .keys import display_prefix, hash_key, new_key
 from .models import ApiKey, ApiKeyCreate, Entity, Gateway, Rule, Service, Upstream, utc_now
 
@@ -184,6 +185,7 @@ class Store:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._storage_ref: AtomicJSONStorage | None = None
         self._db = TinyDB(self.path, storage=self._make_storage)
         self._thread_lock = threading.RLock()
@@ -271,7 +273,7 @@ class Store:
 
     def list(
         self, kind: str, *, gateway_id: str | None = None, offset: int = 0, limit: int | None = None
-    ) -> list[Entity]:
+    ) -> builtins.list[Entity]:
         """Entities in creation order, optionally one page of them."""
         spec = KINDS[kind]
         with self._storage.consistent_read():
@@ -360,10 +362,11 @@ class Store:
         try:
             return spec.model.model_validate(doc)
         except ValidationError as exc:
-            raise StoreUnavailable(f"stored {spec.label} {doc.get('id')!r} is invalid: {exc}") from exc
+            message = f"stored {spec.label} {doc.get('id')!r} is invalid: {summarize_validation_error(exc)}"
+            raise StoreUnavailable(message) from exc
 
     @staticmethod
-    def _docs(table: Table, gateway_id: str | None = None, **equal: Any) -> list[Document]:
+    def _docs(table: Table, gateway_id: str | None = None, **equal: Any) -> builtins.list[Document]:
         """Documents in insertion order, of one gateway if given, whose fields equal ``equal``."""
         if gateway_id is not None:
             equal["gateway_id"] = gateway_id
@@ -400,7 +403,7 @@ class Store:
                 raise InvalidReference(field, f"{field}: no {label} {target_id!r} in this gateway")
 
     def _refuse_if_referenced(self, spec: Kind, entity_id: str, gateway_id: str | None) -> None:
-        referrers: list[dict[str, str]] = []
+        referrers: builtins.list[dict[str, str]] = []
         for other in KINDS.values():
             for field, target_table in other.references:
                 if target_table != spec.table:

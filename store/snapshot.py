@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .errors import summarize_validation_error
 from .models import ApiKey, Entity, Gateway, Rule, Service, Upstream
 from .repo import KINDS, parse_store_bytes
 
@@ -109,15 +110,9 @@ def _load_table(name: str, raw_table: Any) -> list[Entity]:
             entities.append(model.model_validate(doc))
         except ValidationError as exc:
             record_id = doc.get("id") if isinstance(doc, dict) else None
-            log.warning("skipping invalid %s record %r: %d validation error(s), first: %s", KINDS[name].label,
-                        record_id, exc.error_count(), _first_error(exc))
+            log.warning("skipping invalid %s record %r: %s", KINDS[name].label, record_id,
+                        summarize_validation_error(exc))
     return entities
-
-
-def _first_error(exc: ValidationError) -> str:
-    # Only location and message: the input value could be a credential.
-    error = exc.errors(include_input=False, include_url=False)[0]
-    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
 
 
 class SnapshotLoader:

@@ -51,9 +51,8 @@ def test_deleting_referenced_things_conflicts(client, gid, upstream, service, ru
     response = client.delete(f"{base}/upstreams/{upstream['id']}")
     assert response.status_code == 409
     assert service["id"] in response.json["error"]
-    assert response.json["details"] == [
-        {"loc": f"services.{service['id']}", "msg": "service 'multi-provider-service' references it through upstream_id"}
-    ]
+    message = "service 'multi-provider-service' references it through upstream_id"
+    assert response.json["details"] == [{"loc": f"services.{service['id']}", "msg": message}]
     response = client.delete(f"{base}/services/{service['id']}")
     assert response.status_code == 409 and rule["id"] in response.json["error"]
 

@@ -5,7 +5,11 @@ import uuid
 
 import pytest
 
+import logging
+
 from tests.e2e.harness import Admin, start_mitmdump
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 _counter = itertools.count()
 

@@ -419,3 +419,11 @@ def test_anthropic_tool_result_images_and_errors_to_openai():
     # and back into Anthropic the structured content survives
     out = up("anthropic", body, "anthropic")[1]
     assert out["messages"] == body["messages"]
+
+
+def test_auth_headers_shorthand():
+    assert P.auth_headers("openai", "k") == {"authorization": "Bearer k"}
+    assert P.auth_headers("openai-compatible", "k") == {"authorization": "Bearer k"}
+    assert P.auth_headers("azure", "k") == {"api-key": "k"}
+    assert P.auth_headers("anthropic", "k") == {"x-api-key": "k"}
+    assert P.auth_headers("gemini", "k") == {"x-goog-api-key": "k"}

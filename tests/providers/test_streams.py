@@ -308,3 +308,24 @@ def test_openai_passthrough_synthesizes_promised_usage_chunk():
     res = read_openai_stream(out)
     assert res.chunks[-1].choices == [] and res.chunks[-1].usage.total_tokens == 0
     assert res.chunks[-1].id == res.chunks[0].id
+
+
+def test_openai_passthrough_repairs_repeated_role_ids_and_missing_index():
+    def chunk(delta, finish=None):
+        return b"data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "x",
+                                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}).encode() + b"\n\n"
+    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":"}}
+    raw = (chunk({"role": "assistant", "content": "x"}) + chunk({"role": "assistant", "content": "y"})
+           + chunk({"role": "assistant", "tool_calls": [call]})
+           + chunk({"role": "assistant", "tool_calls": [{**call, "function": {"name": "f", "arguments": "1}"}}]}, "tool_calls")
+           + b"data: [DONE]\n\n")
+    for provider, ingress in (("openai-compatible", "openai"), ("openai-compatible", "anthropic")):
+        _, out = run(oa_req(include_usage=False) if ingress == "openai" else AN_REQ, provider, raw)
+        if ingress == "openai":
+            ch = read_openai_stream(out).completion.choices[0]
+            assert ch.message.role == "assistant" and ch.message.content == "xy"
+            tc = ch.message.tool_calls[0]
+            assert (tc.id, tc.function.name, tc.function.arguments) == ("call_1", "f", '{"a":1}')
+        else:
+            m = read_anthropic_stream(out).message
+            assert m.content[1].input == {"a": 1} and m.content[1].name == "f"

@@ -214,8 +214,9 @@ def test_health_check_defaults_and_bounds():
 def test_failover_defaults_and_validation():
     failover = upstream().failover
     assert failover.retry_on == ["connect", "timeout", "5xx", "429", "401", "403"]
-    assert (failover.connect_timeout, failover.headers_timeout, failover.first_token_timeout,
-            failover.idle_timeout, failover.max_attempts, failover.total_timeout) == (5.0, 60.0, 30.0, 60.0, None, 120.0)
+    timeouts = (failover.connect_timeout, failover.headers_timeout, failover.first_token_timeout,
+                failover.idle_timeout, failover.max_attempts, failover.total_timeout)
+    assert timeouts == (5.0, 60.0, 30.0, 60.0, None, 120.0)
     assert Failover.model_validate({"retry_on": ["5XX", "connect"]}).retry_on == ["5xx", "connect"]
     for payload in ({"retry_on": ["500"]}, {"connect_timeout": 0}, {"max_attempts": 0}):
         with pytest.raises(ValidationError):

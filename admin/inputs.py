@@ -35,9 +35,12 @@ def json_body() -> dict[str, Any]:
     if not raw.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        # RFC 8259: JSON on the wire is UTF-8 (json.loads on bytes would also guess UTF-16/32); a BOM is tolerated.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 JSON") from None
+    try:
+        body = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     if not isinstance(body, dict):
