@@ -215,13 +215,13 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
         raise GatewayError(502, "api_error", f"{provider} returned a response that is not valid JSON") from None
     if family == req.ingress:
         if family == "openai":
-            if _openai.normalize_response(obj):
+            if _openai.normalize_response(obj, int((now or time.time)())):
                 body = dumps(obj)
         elif not isinstance(obj, dict) or obj.get("type") != "message":
             raise GatewayError(502, "api_error", "anthropic returned a malformed message")
         return Reply(status, dict(_JSON), body)
     if family == "openai":
-        resp = _openai.parse_response(obj, new_id)
+        resp = _openai.parse_response(obj, new_id, req.tool_names)
     elif family == "anthropic":
         resp = _anthropic.parse_response(obj)
     else:
@@ -271,7 +271,7 @@ def open_stream(req: CanonicalRequest, provider: str, *, now: Callable[[], float
     else:
         sink = _anthropic.AnthropicSink(new_id)
     if family == "openai":
-        source: Any = _openai.OpenAISource(sink, new_id)
+        source: Any = _openai.OpenAISource(sink, new_id, req.tool_names)
     elif family == "anthropic":
         source = _anthropic.AnthropicSource(sink)
     else:

@@ -460,6 +460,8 @@ class AnthropicSource(Source):
         self._usage: Usage | None = None
 
     def on_event(self, ev: SSEEvent) -> None:
+        if ev.data[:6] == "[DONE]":
+            return  # some Anthropic-compatible proxies append OpenAI's sentinel; it means nothing here
         try:
             obj = json.loads(ev.data)
         except ValueError:
@@ -522,6 +524,8 @@ class AnthropicPassthrough(Source, Sink):
 
     def on_event(self, ev: SSEEvent) -> None:
         data = ev.data
+        if data[:6] == "[DONE]":
+            return
         try:
             obj = json.loads(data)
         except ValueError:

@@ -120,6 +120,8 @@ class CanonicalRequest:
     response_format: dict | None = None
     include_usage: bool = False
     legacy_functions: bool = False
+    # Shortened tool name → original, filled when a target limits names (see openai.short_name).
+    tool_names: dict = field(default_factory=dict)
     # The parsed client body: same-family targets are served from it so that nothing the client sent
     # (cache_control, thinking, logprobs, ...) is lost on a path that needs no translation.
     raw: dict = field(default_factory=dict)

@@ -7,7 +7,9 @@ fields (logprobs, n>1, audio, ...).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Any
 
 from .canonical import (
@@ -238,6 +240,20 @@ def parse_request(obj: dict) -> CanonicalRequest:
 
 
 # =============================================================== request encoding
+_FN_NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def short_name(name: str, names: dict) -> str:
+    """OpenAI function names are limited to ^[a-zA-Z0-9_-]{1,64}$ while Anthropic allows 128
+    characters (§4.7-10): longer/odd names become a stable prefix + hash, recorded in `names`
+    (short → original) so answers can carry the original name back to the client."""
+    if _FN_NAME_OK.match(name):
+        return name
+    short = re.sub(r"[^a-zA-Z0-9_-]", "_", name)[:55] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    names[short] = name
+    return short
+
+
 def build_body(req: CanonicalRequest, provider: str, model: str) -> dict:
     if req.ingress == "openai":
         return _from_openai_body(req, provider, model)
@@ -258,7 +274,8 @@ def build_body(req: CanonicalRequest, provider: str, model: str) -> dict:
                 messages.append({"role": "user", "content": _user_content(rest, m.text_form, provider)})
         else:
             text = "".join(p.text for p in m.parts if isinstance(p, (TextPart, RefusalPart)))
-            calls = [{"id": p.id, "type": "function", "function": {"name": p.name, "arguments": p.arguments}}
+            calls = [{"id": p.id, "type": "function",
+                      "function": {"name": short_name(p.name, req.tool_names), "arguments": p.arguments}}
                      for p in m.parts if isinstance(p, ToolCallPart)]
             msg: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None}
             if calls:
@@ -280,11 +297,11 @@ def build_body(req: CanonicalRequest, provider: str, model: str) -> dict:
         if val is not None:
             body[key] = val
     if req.tools:
-        body["tools"] = [{"type": "function", "function": _tool_fn(t)} for t in req.tools]
+        body["tools"] = [{"type": "function", "function": _tool_fn(t, req.tool_names)} for t in req.tools]
         tc = req.tool_choice
         if tc is not None:
             body["tool_choice"] = (tc.mode if tc.mode != "tool"
-                                   else {"type": "function", "function": {"name": tc.name}})
+                                   else {"type": "function", "function": {"name": short_name(tc.name or "", req.tool_names)}})
         if req.parallel_tool_calls is False:
             body["parallel_tool_calls"] = False
     if req.stream:
@@ -294,8 +311,8 @@ def build_body(req: CanonicalRequest, provider: str, model: str) -> dict:
     return body
 
 
-def _tool_fn(t: Tool) -> dict:
-    fn: dict[str, Any] = {"name": t.name}
+def _tool_fn(t: Tool, names: dict) -> dict:
+    fn: dict[str, Any] = {"name": short_name(t.name, names)}
     if t.description:
         fn["description"] = t.description
     fn["parameters"] = t.parameters if t.parameters else {"type": "object", "properties": {}}
@@ -373,7 +390,8 @@ def usage_obj(u: Usage) -> dict:
     return out
 
 
-def parse_response(obj: Any, new_id: IdFactory) -> CanonicalResponse:
+def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None) -> CanonicalResponse:
+    names = names or {}
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         raise GatewayError(502, "api_error", "upstream returned a malformed chat completion")
     choice = next((c for c in obj["choices"] if isinstance(c, dict) and c.get("index", 0) == 0), None)
@@ -391,12 +409,14 @@ def parse_response(obj: Any, new_id: IdFactory) -> CanonicalResponse:
         for tc in msg.get("tool_calls") or []:
             fn = tc.get("function") or {}
             args = fn.get("arguments")
-            parts.append(ToolCallPart(tc.get("id") or new_id("call"), fn.get("name") or "",
+            name = fn.get("name") or ""
+            parts.append(ToolCallPart(tc.get("id") or new_id("call"), names.get(name, name),
                                       arguments_json=args if isinstance(args, str) else None,
                                       arguments_obj=args if isinstance(args, dict) else None))
         fc = msg.get("function_call")
         if isinstance(fc, dict):
-            parts.append(ToolCallPart(new_id("call"), fc.get("name") or "", arguments_json=fc.get("arguments")))
+            name = fc.get("name") or ""
+            parts.append(ToolCallPart(new_id("call"), names.get(name, name), arguments_json=fc.get("arguments")))
         finish = FINISH_IN.get(choice.get("finish_reason") or "stop", "stop")
         if finish == "stop" and any(isinstance(p, RefusalPart) for p in parts):
             finish = "refusal"
@@ -426,12 +446,19 @@ def render_response(resp: CanonicalResponse, req: CanonicalRequest, created: int
     return out
 
 
-def normalize_response(obj: Any) -> bool:
+def normalize_response(obj: Any, created: int) -> bool:
     """OpenAI-family answer to an OpenAI client: fix only what strict SDK validation rejects.
     Returns True when something was changed."""
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         raise GatewayError(502, "api_error", "upstream returned a malformed chat completion")
     changed = False
+    if not isinstance(obj.get("created"), int) or isinstance(obj.get("created"), bool):
+        obj["created"] = int(obj["created"]) if isinstance(obj.get("created"), float) else created
+        changed = True
+    for key in ("id", "model"):
+        if not isinstance(obj.get(key), str):
+            obj[key] = "" if obj.get(key) is None else str(obj[key])
+            changed = True
     for c in obj["choices"]:
         if isinstance(c, dict) and c.get("finish_reason") not in FINISH_LITERALS:
             c["finish_reason"] = FINISH_OUT[FINISH_IN.get(c.get("finish_reason") or "stop", "stop")]
@@ -555,9 +582,10 @@ class OpenAISink(Sink):
 class OpenAISource(Source):
     """OpenAI-family chunks → canonical calls (used when the client is not OpenAI-format)."""
 
-    def __init__(self, sink: Sink, new_id: IdFactory) -> None:
+    def __init__(self, sink: Sink, new_id: IdFactory, names: dict | None = None) -> None:
         super().__init__(sink)
         self._new_id = new_id
+        self._names = names or {}
         self._started = False
         self._tools: set[int] = set()
         self._refusal = False
@@ -604,7 +632,8 @@ class OpenAISource(Source):
                 fn = tc.get("function") or {}
                 if idx not in self._tools:
                     self._tools.add(idx)
-                    sink.tool_start(idx, tc.get("id") or self._new_id("call"), fn.get("name") or "")
+                    name = fn.get("name") or ""
+                    sink.tool_start(idx, tc.get("id") or self._new_id("call"), self._names.get(name, name))
                 args = fn.get("arguments")
                 if args:
                     sink.tool_args(idx, args)
@@ -612,7 +641,8 @@ class OpenAISource(Source):
             if isinstance(fc, dict):
                 if 0 not in self._tools:
                     self._tools.add(0)
-                    sink.tool_start(0, self._new_id("call"), fc.get("name") or "")
+                    name = fc.get("name") or ""
+                    sink.tool_start(0, self._new_id("call"), self._names.get(name, name))
                 if fc.get("arguments"):
                     sink.tool_args(0, fc["arguments"])
             fr = ch.get("finish_reason")

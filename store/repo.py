@@ -186,20 +186,16 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._storage_ref: AtomicJSONStorage | None = None
-        self._db = TinyDB(self.path, storage=self._make_storage)
+        self._db = TinyDB(self.path, storage=AtomicJSONStorage)
         self._thread_lock = threading.RLock()
         self._file_lock = FileLock(self.path + ".lock", timeout=LOCK_TIMEOUT_S)
         self._remove_orphan_temp_files()
 
-    def _make_storage(self, path: str) -> AtomicJSONStorage:
-        self._storage_ref = AtomicJSONStorage(path)
-        return self._storage_ref
-
     @property
     def _storage(self) -> AtomicJSONStorage:
-        assert self._storage_ref is not None
-        return self._storage_ref
+        storage = self._db.storage
+        assert isinstance(storage, AtomicJSONStorage)
+        return storage
 
     def _table(self, name: str) -> Table:
         # A fresh Table each time: TinyDB caches query results and the next doc id per Table object, and both go

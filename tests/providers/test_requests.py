@@ -427,3 +427,28 @@ def test_auth_headers_shorthand():
     assert P.auth_headers("azure", "k") == {"api-key": "k"}
     assert P.auth_headers("anthropic", "k") == {"x-api-key": "k"}
     assert P.auth_headers("gemini", "k") == {"x-goog-api-key": "k"}
+
+
+def test_long_tool_names_shortened_for_openai_and_mapped_back():
+    long = "mcp__server__" + "x" * 100
+    body = {"model": "m", "max_tokens": 5, "tool_choice": {"type": "tool", "name": long},
+            "tools": [{"name": long, "input_schema": {"type": "object"}}],
+            "messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": long, "input": {}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "r"}]}]}
+    req = P.parse_request("anthropic", json.dumps(body).encode())
+    out = json.loads(P.build_upstream_request(req, TargetSpec("openai", None)).body)
+    short = out["tools"][0]["function"]["name"]
+    assert len(short) <= 64 and short.startswith("mcp__server__")
+    assert out["tool_choice"]["function"]["name"] == short
+    assert out["messages"][1]["tool_calls"][0]["function"]["name"] == short
+    resp = {"id": "c", "object": "chat.completion", "created": 1, "model": "g", "choices": [{"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": short, "arguments": "{}"}}]}}]}
+    reply = P.translate_response(req, "openai", 200, {}, json.dumps(resp).encode())
+    assert json.loads(reply.body)["content"][0]["name"] == long
+    req.stream = True
+    t = P.open_stream(req, "openai")
+    chunk = {**resp, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "id": "c1", "type": "function", "function": {"name": short, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}
+    out = t.feed(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n") + t.finish()
+    assert long.encode() in out and t.done

@@ -269,3 +269,12 @@ def test_tv10_gateway_errors():
     reply = P.error_reply("openai", GatewayError(503, "unavailable", "all targets down"))
     assert reply.status == 503 and isinstance(sdk_error(reply, "openai"), openai.InternalServerError)
     assert GatewayError(None, "timeout", "t").status == 504
+
+
+def test_compatible_server_quirks_normalised_for_strict_sdk():
+    body = {"id": 7, "created": 1.5, "model": "local", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "eos"}]}
+    c = as_openai(tr(OA_REQ, "openai-compatible", body))
+    assert (c.id, c.created, c.object, c.choices[0].finish_reason) == ("7", 1, "chat.completion", "stop")
+    del body["created"]
+    assert as_openai(tr(OA_REQ, "openai-compatible", body)).created == FIXED_NOW

@@ -329,3 +329,10 @@ def test_openai_passthrough_repairs_repeated_role_ids_and_missing_index():
         else:
             m = read_anthropic_stream(out).message
             assert m.content[1].input == {"a": 1} and m.content[1].name == "f"
+
+
+def test_anthropic_stream_ignores_done_sentinel():
+    raw = (FIX / "anthropic-sdk/basic_response.sse").read_bytes().replace(
+        b"event: ping\ndata: {\"type\": \"ping\"}", b"data: [DONE]")
+    t, out = run(oa_req(), "anthropic", raw)
+    assert read_openai_stream(out).completion.choices[0].message.content == "Hello there!" and t.done
