@@ -53,14 +53,10 @@ class GatewayAddon:
 
     def configure(self, updated) -> None:
         opts = ctx.options
-        if not opts.keep_host_header:
-            # In reverse mode mitmproxy rewrites Host to the placeholder target before any hook runs; the gateway
-            # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
-            opts.keep_host_header = True
         if "aigw_max_body" in updated and opts.aigw_max_body <= 0:
             raise exceptions.OptionsError("aigw_max_body must be positive")
-        if "aigw_data" in updated or self.live is None:
-            path = os.path.abspath(opts.aigw_data)
+        path = os.path.abspath(opts.aigw_data)
+        if self.live is None or path != self.live.data_path:
             if self.live is not None:
                 self.live.stop()
             self.live = LiveConfig(path)
@@ -68,14 +64,18 @@ class GatewayAddon:
                 self.live.start(_spawn)
         settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
         self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
+        if not opts.keep_host_header:
+            # In reverse mode mitmproxy rewrites Host to the placeholder target before any hook runs; the gateway
+            # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
+            opts.keep_host_header = True
 
     def running(self) -> None:
         if not self._started and self.live is not None:
             self._started = True
             self.live.start(_spawn)
             _spawn(self.relay.start(), name="aigw-relay-start")
-            self._prober = _spawn(Prober(lambda: self.live, self.client, target_origin, credential_headers).run(),
-                                       name="aigw-active-probes")
+            prober = Prober(lambda: self.live, self.client, target_origin, credential_headers)
+            self._prober = _spawn(prober.run(), name="aigw-active-probes")
 
     def done(self) -> None:
         if self.live is not None:

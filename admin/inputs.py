@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from store import Store
 
@@ -31,7 +32,11 @@ def json_body() -> dict[str, Any]:
     mimetype = request.mimetype or ""
     if mimetype != "application/json" and not (mimetype.startswith("application/") and mimetype.endswith("+json")):
         raise ApiError(415, "send the body as JSON with 'Content-Type: application/json'")
-    raw = request.get_data(cache=False)  # raises 413 beyond MAX_CONTENT_LENGTH
+    raw = request.get_data(cache=False)  # raises 413 when Content-Length is beyond MAX_CONTENT_LENGTH
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(raw) >= limit:
+        # Chunked upload: werkzeug stops reading at the limit instead of failing, so a full read means "too big".
+        raise RequestEntityTooLarge()
     if not raw.strip():
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:

@@ -68,7 +68,7 @@ async def run_proxy(*, data: str, proxy_host: str, proxy_port: int, base_domain:
     master.addons.add(GatewayAddon())
     opts.update(mode=["reverse:http://127.0.0.1:9"], listen_host=proxy_host, listen_port=proxy_port,
                 connection_strategy="lazy", keep_host_header=True, aigw_data=data, aigw_base_domain=base_domain,
-                termlog_verbosity="info" if verbose else "warn", flow_detail=1 if verbose else 0)
+                termlog_verbosity="info" if verbose else "warn")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
@@ -135,8 +135,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.command != "up":  # under `up`, mitmproxy's own log handler prints (a second one would double lines)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # One line per admin call is noise next to the proxy; errors still show.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING if args.command != "admin" else logging.INFO)
     handler = {"up": cmd_up, "admin": cmd_admin, "demo": cmd_demo}[args.command]
     return handler(args)
 

@@ -1,5 +1,6 @@
 """Admin token, bind safety, and the real threaded server."""
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -92,3 +93,25 @@ def test_concurrent_requests_through_the_threaded_server(store):
     finally:
         handle.shutdown()
     assert len(store.list("gateways")) == 40
+
+
+def test_oversized_bodies_over_the_wire_are_413(store):
+    handle = serve(store, "127.0.0.1", 0)
+    big = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'", "subdomain": "big"}'
+    try:
+        for chunked in (False, True):
+            connection = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+            body = iter([big[i:i + 65536] for i in range(0, len(big), 65536)]) if chunked else big
+            connection.request("POST", f"{API}/gateways", body=body, encode_chunked=chunked,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 413, chunked
+            assert "too large" in json.loads(response.read())["error"]
+            connection.close()
+        connection = http.client.HTTPConnection("127.0.0.1", handle.port, timeout=10)
+        connection.request("POST", f"{API}/gateways", body=iter([b'{"name": "g",', b' "subdomain": "small"}']),
+                           encode_chunked=True, headers={"Content-Type": "application/json"})
+        assert connection.getresponse().status == 201
+        connection.close()
+    finally:
+        handle.shutdown()
