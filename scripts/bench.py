@@ -117,8 +117,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def configure_gateway(data: Path, mock_port: int) -> str:
-    """Write the guide's configuration straight into the store (the admin API is not part of the measurement)."""
+def configure_gateway(data: Path, mock_port: int, *, subdomain: str = "bench", failing_port: int | None = None) -> str:
+    """Write the guide's configuration straight into the store (the admin API is not part of the measurement).
+
+    With failing_port, a better-priority target that refuses connections comes first and passive health is off,
+    so every request pays for one failover (what --failover-cost measures).
+    """
     sys.path.insert(0, str(ROOT))
     from admin import create_app
     from store.repo import Store
@@ -131,13 +135,18 @@ def configure_gateway(data: Path, mock_port: int) -> str:
         assert r.status_code == 201, r.get_json()
         return r.get_json()
 
-    gw = post("/gateways", {"name": "bench", "subdomain": "bench"})
+    gw = post("/gateways", {"name": subdomain, "subdomain": subdomain})
     target = {"path": "/v1/messages", "provider": "anthropic", "weight": 50, "host": "127.0.0.1", "port": mock_port,
               "protocol": "http", "default_model": "claude-3-sonnet", "models": ["claude-3-sonnet"],
               "headers": {"anthropic-version": "2023-06-01"},
               "credentials": {"header_name": "x-api-key", "header_value": "sk-bench"}}
-    up = post(f"/gateways/{gw['id']}/upstreams", {"name": "bench", "algorithm": "round-robin",
-                                                  "targets": [target, dict(target, weight=50)]})
+    targets = [target, dict(target, weight=50)]
+    upstream = {"name": "bench", "algorithm": "round-robin", "targets": targets}
+    if failing_port is not None:
+        targets.insert(0, dict(target, port=failing_port, priority=1))
+        targets[1]["priority"] = targets[2]["priority"] = 2
+        upstream["health_checks"] = {"passive": False, "threshold": 3, "interval": 60}
+    up = post(f"/gateways/{gw['id']}/upstreams", upstream)
     svc = post(f"/gateways/{gw['id']}/services", {"name": "bench", "type": "upstream", "upstream_id": up["id"]})
     post(f"/gateways/{gw['id']}/rules", {"path": "/v1", "service_id": svc["id"], "methods": ["POST"]})
     return post(f"/gateways/{gw['id']}/keys", {"name": "bench"})["key"]
@@ -156,6 +165,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--failover-cost", action="store_true",
+                   help="also measure requests that fail over once (first target refuses connections)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
@@ -195,6 +206,12 @@ def main() -> int:
         ratio = b["rps"] / a["rps"] if a["rps"] else 0.0
         result = {"bare_mitmdump": a, "gateway": b, "ratio_rps_b_over_a": round(ratio, 3),
                   "concurrency": args.concurrency, "duration_s": args.duration, "stream": args.stream}
+        if args.failover_cost:
+            fkey = configure_gateway(data, mock_port, subdomain="failover", failing_port=free_port())
+            time.sleep(1.0)  # the proxy picks the new configuration up within a second
+            c = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                         {"content-type": "application/json", "x-api-key": fkey}, openai_body, args)
+            result["gateway_with_one_failover"] = c
         if args.json:
             print(json.dumps(result, indent=2))
         else:
@@ -203,6 +220,12 @@ def main() -> int:
                       f"errors {r['errors']}  peak RSS {r['rss_kb'] / 1024:.0f} MiB")
             print(f"ratio b/a (req/s): {ratio:.3f}   (concurrency {args.concurrency}, {args.duration:.0f} s, "
                   f"{'stream' if args.stream else 'non-stream'})")
+            if "gateway_with_one_failover" in result:
+                c = result["gateway_with_one_failover"]
+                print(f"{'(c) one failover':20s} {c['rps']:8.1f} req/s  p50 {c['p50_ms']:7.2f} ms  "
+                      f"p99 {c['p99_ms']:7.2f} ms  errors {c['errors']}")
+                print(f"one failover (connection refused) costs {c['p50_ms'] - b['p50_ms']:+.2f} ms at p50, "
+                      f"{c['p99_ms'] - b['p99_ms']:+.2f} ms at p99, under the same load")
         return 0
     finally:
         for proc in procs:

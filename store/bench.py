@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import queue
 import tempfile
 import time
 from dataclasses import dataclass
@@ -69,6 +70,20 @@ class BenchResult:
         return self.writes / self.seconds
 
 
+def _collect(results: Any, procs: list[Any]) -> list[Any]:
+    """One result per process; fail fast (instead of waiting forever) when one of them dies."""
+    collected: list[Any] = []
+    while len(collected) < len(procs):
+        try:
+            collected.append(results.get(timeout=0.5))
+        except queue.Empty:
+            if any(proc.exitcode not in (None, 0) for proc in procs):
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError("a benchmark process failed; see its traceback above") from None
+    return collected
+
+
 def run(path: str, processes: int = 8, writes_per_process: int = 250, readers: int = 0) -> BenchResult:
     """Run the writers (and readers) against the store at ``path``; count what landed."""
     ctx = multiprocessing.get_context("spawn")
@@ -86,15 +101,13 @@ def run(path: str, processes: int = 8, writes_per_process: int = 250, readers: i
         proc.start()
     start.wait()
     began = time.perf_counter()
-    finished = [done.get(timeout=300) for _ in writer_procs]
-    for proc in writer_procs:
+    try:
+        finished = _collect(done, writer_procs)
+    finally:
+        stop.set()
+    read_stats = _collect(read_results, reader_procs)
+    for proc in writer_procs + reader_procs:
         proc.join()
-    stop.set()
-    read_stats = [read_results.get(timeout=60) for _ in reader_procs]
-    for proc in reader_procs:
-        proc.join()
-    if any(proc.exitcode != 0 for proc in writer_procs + reader_procs):
-        raise RuntimeError("a benchmark process failed; see its traceback above")
     return BenchResult(
         processes=processes,
         writes=processes * writes_per_process,

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -242,8 +243,8 @@ class Target(Model):
 
     @field_validator("default_model")
     @classmethod
-    def _default_model_listed(cls, value: str | None, info: Any) -> str | None:
-        models = info.data.get("models")
+    def _default_model_listed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("models")  # declared before default_model, so already validated (if valid)
         if value is not None and models and value not in models:
             raise ValueError(f"default_model {value!r} is not one of models {models}")
         return value
