@@ -156,7 +156,9 @@ class SnapshotLoader:
                     signature = _signature(os.fstat(handle.fileno()))
                     raw = handle.read()
             except FileNotFoundError:
-                if self._seen is not None:
+                if self._seen is False:
+                    log.info("no store file at %s yet; starting with an empty configuration", self.path)
+                elif self._seen is not None:
                     log.warning("store file %s does not exist; keeping the current configuration", self.path)
                 self._seen = None
                 return self._current

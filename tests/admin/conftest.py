@@ -11,7 +11,7 @@ API = "/api/v1"
 # The TrustGate guide "Load Balancing Between AI Providers", payloads verbatim (ids filled in per test).
 GUIDE_GATEWAY = {"name": "multi-provider-gateway", "subdomain": "your-subdomain"}
 GUIDE_UPSTREAM = {
-    "name": "multi-provider-upstream",
+    "name": "ai-providers-upstream",
     "algorithm": "round-robin",
     "targets": [
         {

@@ -102,7 +102,7 @@ def test_duplicates_conflict(client, gid, upstream, guide):
     response = client.post(f"{API}/gateways", json={"name": "again", "subdomain": "YOUR-SUBDOMAIN"})
     assert response.status_code == 409 and response.json["details"][0]["loc"] == "subdomain"
     response = client.post(f"{API}/gateways/{gid}/upstreams", json=guide.upstream)
-    assert response.status_code == 409 and "multi-provider-upstream" in response.json["error"]
+    assert response.status_code == 409 and "ai-providers-upstream" in response.json["error"]
 
 
 def test_list_paging(client):

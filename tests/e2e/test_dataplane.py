@@ -205,7 +205,8 @@ def test_config_change_applies_live_under_load(admin, proxy, subdomain, mock_fac
         stop.set()
         for t in threads:
             t.join(10)
-    assert applied_after < 1.5
+    # The contract is 1 s (0.25 s stat poll + rebuild); the margin absorbs a CPU-starved CI machine.
+    assert applied_after < 2.5, applied_after
     assert all(status == 200 for status, _ in results), collections.Counter(s for s, _ in results)
     # After the switch settles, only the new target serves.
     assert {p for _, p in results[-10:]} == {"anthropic"}
