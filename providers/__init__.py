@@ -100,11 +100,14 @@ def parse_request(ingress: str, body: bytes) -> CanonicalRequest:
         raise GatewayError(400, "invalid_request", f"request body is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise GatewayError(400, "invalid_request", "request body must be a JSON object")
-    if ingress == "openai":
-        return _openai.parse_request(obj)
-    if ingress == "anthropic":
-        return _anthropic.parse_request(obj)
-    raise GatewayError(404, "not_found", f"unknown ingress format '{ingress}'")
+    parse = {"openai": _openai.parse_request, "anthropic": _anthropic.parse_request}.get(ingress)
+    if parse is None:
+        raise GatewayError(404, "not_found", f"unknown ingress format '{ingress}'")
+    try:
+        return parse(obj)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        # A shape the field checks did not anticipate: still the client's fault, never a 500.
+        raise GatewayError(400, "invalid_request", f"malformed request body: {e}") from None
 
 
 def _cred(credentials: Any, key: str) -> Any:
@@ -161,12 +164,15 @@ def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> Upstrea
     model = target.model or req.model
     if not model:
         raise GatewayError(400, "invalid_request", "no model given and the target has no default model", param="model")
-    if family == "openai":
-        body = _openai.build_body(req, provider, model)
-    elif family == "anthropic":
-        body = _anthropic.build_body(req, model, target.max_tokens_default)
-    else:
-        body = _gemini.build_body(req)
+    try:
+        if family == "openai":
+            body = _openai.build_body(req, provider, model)
+        elif family == "anthropic":
+            body = _anthropic.build_body(req, model, target.max_tokens_default)
+        else:
+            body = _gemini.build_body(req)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError) as e:
+        raise GatewayError(400, "invalid_request", f"request cannot be translated for {provider}: {e}") from None
     headers = {"content-type": "application/json"}
     headers.update(_auth_headers(provider, target.credentials))
     if provider == "anthropic":
@@ -220,14 +226,17 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
         elif not isinstance(obj, dict) or obj.get("type") != "message":
             raise GatewayError(502, "api_error", "anthropic returned a malformed message")
         return Reply(status, dict(_JSON), body)
-    if family == "openai":
-        resp = _openai.parse_response(obj, new_id, req.tool_names)
-    elif family == "anthropic":
-        resp = _anthropic.parse_response(obj)
-    else:
-        resp = _gemini.parse_response(obj, new_id)
-        if req.model and not resp.model:
-            resp.model = req.model
+    try:
+        if family == "openai":
+            resp = _openai.parse_response(obj, new_id, req.tool_names)
+        elif family == "anthropic":
+            resp = _anthropic.parse_response(obj)
+        else:
+            resp = _gemini.parse_response(obj, new_id)
+    except (TypeError, AttributeError, KeyError, ValueError, IndexError):
+        raise GatewayError(502, "api_error", f"{provider} returned a response of an unexpected shape") from None
+    if family == "gemini" and req.model and not resp.model:
+        resp.model = req.model
     if req.ingress == "openai":
         created = int((now or time.time)())
         if not resp.id.startswith(("chatcmpl", "msg_")):

@@ -98,17 +98,25 @@ class StreamTranslator:
             return b""
         source = self._source
         for ev in self._dec.feed(data):
-            source.on_event(ev)
+            self._dispatch(ev)
             if source.done or source.upstream_error is not None:
                 break
         return self._sink.take()
+
+    def _dispatch(self, ev) -> None:
+        try:
+            self._source.on_event(ev)
+        except (TypeError, AttributeError, KeyError, ValueError, IndexError):
+            # Well-formed JSON of the wrong shape (a string where an object belongs...). A translator
+            # must never raise into the proxy: report it like any other broken upstream event.
+            self._source.fail(GatewayError(502, "api_error", "upstream sent a malformed stream event"))
 
     def finish(self) -> bytes:
         sink = self._sink
         if not self._ended():
             self._source.at_eof = True
             for ev in self._dec.finish():
-                self._source.on_event(ev)
+                self._dispatch(ev)
                 if self._ended():
                     break
         if self._source.done:

@@ -452,3 +452,27 @@ def test_long_tool_names_shortened_for_openai_and_mapped_back():
         {"index": 0, "id": "c1", "type": "function", "function": {"name": short, "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]}
     out = t.feed(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n") + t.finish()
     assert long.encode() in out and t.done
+
+
+@pytest.mark.parametrize("ingress", ["openai", "anthropic"])
+@pytest.mark.parametrize("patch", [
+    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": 5}]}]},
+    {"messages": [{"role": "assistant", "content": "x", "tool_calls": ["x"]}]},
+    {"messages": [{"role": "user", "content": [{"type": "image", "source": "x"}]}]},
+    {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": 1}]}]},
+    {"tools": ["x"]}, {"tools": [{"function": "f"}]}, {"tool_choice": {"function": "f"}}, {"tool_choice": 5},
+    {"stop": [1]}, {"stop_sequences": [1]}, {"system": 5}, {"metadata": "x"}, {"stream_options": "x"},
+    {"messages": [{"role": "tool", "tool_call_id": "a", "content": [{"type": "image_url"}]}]},
+])
+def test_malformed_requests_are_400_never_500(ingress, patch):
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **patch}
+    try:
+        req = P.parse_request(ingress, json.dumps(body).encode())
+    except GatewayError as e:
+        assert e.status == 400
+        return
+    for provider in ("openai", "openai-compatible", "anthropic", "gemini"):
+        try:
+            P.build_upstream_request(req, TargetSpec(provider, None))
+        except GatewayError as e:
+            assert e.status == 400

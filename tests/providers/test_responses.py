@@ -278,3 +278,20 @@ def test_compatible_server_quirks_normalised_for_strict_sdk():
     assert (c.id, c.created, c.object, c.choices[0].finish_reason) == ("7", 1, "chat.completion", "stop")
     del body["created"]
     assert as_openai(tr(OA_REQ, "openai-compatible", body)).created == FIXED_NOW
+
+
+@pytest.mark.parametrize("body", [
+    {"choices": [None, "x"]}, {"choices": [{"message": "x"}]}, {"choices": [{"message": {"tool_calls": ["x"]}}]},
+    {"content": ["x", {"type": "tool_use", "input": "s"}]}, {"content": "x"}, {"candidates": ["x"]},
+    {"candidates": [{"content": {"parts": ["x", {"functionCall": "f"}]}}]}, {"usage": "x", "choices": []},
+    [], None, 5,
+])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "openai-compatible"])
+def test_odd_2xx_bodies_give_502_or_a_valid_answer(body, provider):
+    for req in (OA_REQ, AN_REQ):
+        try:
+            reply = tr(req, provider, json.dumps(body).encode())
+        except GatewayError as e:
+            assert e.status == 502
+            continue
+        assert reply.status == 200

@@ -336,3 +336,22 @@ def test_anthropic_stream_ignores_done_sentinel():
         b"event: ping\ndata: {\"type\": \"ping\"}", b"data: [DONE]")
     t, out = run(oa_req(), "anthropic", raw)
     assert read_openai_stream(out).completion.choices[0].message.content == "Hello there!" and t.done
+
+
+WEIRD = [b"null", b"[]", b"3", b'"str"', b'{"choices":null}', b'{"choices":"x"}', b'{"choices":[{"delta":"x"}]}',
+         b'{"choices":[{"delta":{"tool_calls":["x"]}}]}', b'{"choices":[{"delta":{"tool_calls":[{"index":"a","function":"f"}]}}]}',
+         b'{"type":"content_block_delta","delta":"x"}', b'{"type":"content_block_start","content_block":null,"index":[]}',
+         b'{"type":"message_start","message":"x"}', b'{"type":"message_delta","delta":null,"usage":"u"}',
+         b'{"candidates":"x"}', b'{"candidates":[{"content":{"parts":"x"}}]}', b'{"candidates":[{"content":{"parts":[{"functionCall":"x"}]}}]}',
+         b'{"usageMetadata":{"promptTokenCount":"x"}}', b'{"error":"string error"}', b'{"usage":{"prompt_tokens":"x"}}']
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "azure"])
+@pytest.mark.parametrize("ingress", ["openai", "anthropic"])
+def test_malformed_events_never_raise(provider, ingress):
+    for payload in WEIRD:
+        req = oa_req() if ingress == "openai" else AN_REQ
+        t = P.open_stream(req, provider)
+        out = t.feed(b"event: x\ndata: " + payload + b"\n\n") + t.feed(b"data: [DONE]\n\n") + t.finish()
+        assert out.endswith(b"\n\n")
+        assert t.done or t.upstream_error is not None or b"error" in out

@@ -96,11 +96,23 @@ def test_changed_and_reload(store, populated, build):
 
 
 def test_missing_file_gives_empty_snapshot(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING):
+    # A first start before the admin API wrote anything is normal: said, but not as a warning.
+    with caplog.at_level(logging.INFO):
         loader = SnapshotLoader(tmp_path / "absent.json")
     assert loader.current.gateways_by_id == {}
-    assert "does not exist" in caplog.text
+    assert "no store file" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert loader.changed() is False
+
+
+def test_file_disappearing_later_is_a_warning(store, populated, caplog):
+    loader = SnapshotLoader(store.path)
+    good = loader.current
+    os.remove(store.path)
+    with caplog.at_level(logging.WARNING):
+        assert loader.changed() is True
+        assert loader.reload() is good
+    assert "does not exist" in caplog.text
 
 
 @pytest.mark.parametrize("content", [b'{"gateways": {"1": {"na', b"\x00\x00\x00", b"[1, 2]", b"", b"\xff\xfe"])
