@@ -68,7 +68,7 @@ def test_writer_killed_mid_write_leaves_the_previous_file(store, db_path, tmp_pa
     _seed(store, 50)
     before = open(db_path, "rb").read()
     marker = str(tmp_path / "in-write")
-    child = multiprocessing.get_context("fork").Process(target=_hang_inside_write, args=(db_path, marker))
+    child = multiprocessing.get_context("spawn").Process(target=_hang_inside_write, args=(db_path, marker))
     child.start()
     deadline = time.monotonic() + 30
     while not os.path.exists(marker):
