@@ -161,6 +161,7 @@ class Dispatcher:
         attempts: list[str] = []
         reasons: list[str] = []
         retry_afters: list[float] = []
+        unsupported: GatewayError | None = None
         upstream_seconds = 0.0
         started = time.perf_counter()
 
@@ -181,8 +182,16 @@ class Dispatcher:
             handed_off = False
             t_attempt = time.perf_counter()
             try:
-                outcome = await self._attempt(target, provider, canon, route, method, path, headers, body,
-                                              failover, remaining)
+                try:
+                    outcome = await self._attempt(target, provider, canon, route, method, path, headers, body,
+                                                  failover, remaining)
+                except GatewayError as err:
+                    if err.status != 400:
+                        raise
+                    # This target cannot do what was asked (e.g. n > 1 on Anthropic); another one may.
+                    attempts.append(f"{label}:unsupported")
+                    unsupported = unsupported or err
+                    continue
                 upstream_seconds += time.perf_counter() - t_attempt
                 if outcome.kind == "failure":
                     code = str(outcome.status) if outcome.status else outcome.reason
@@ -213,6 +222,8 @@ class Dispatcher:
                 if policy is not None and not handed_off:
                     self.live.health.end(key)
 
+        if unsupported is not None and not reasons:
+            raise unsupported
         raise self._exhausted(reasons, retry_afters, attempts)
 
     # ------------------------------------------------------------------------------------------------

@@ -210,3 +210,18 @@ def test_config_change_applies_live_under_load(admin, proxy, subdomain, mock_fac
     assert all(status == 200 for status, _ in results), collections.Counter(s for s, _ in results)
     # After the switch settles, only the new target serves.
     assert {p for _, p in results[-10:]} == {"anthropic"}
+
+
+def test_a_request_one_target_cannot_do_goes_to_one_that_can(admin, proxy, subdomain, mock_factory):
+    oa, an = _two_mocks(mock_factory)
+    body = dict(GUIDE_BODY, n=2)
+    cfg = admin.guide_setup([anthropic_target(an.port, priority=1), openai_target(oa.port, priority=2)],
+                            subdomain=subdomain)
+    r = _chat(proxy, subdomain, cfg["key"], body)
+    assert r.status == 200, r.body
+    assert r.headers["x-gateway-attempts"] == "anthropic:unsupported,openai:200"
+    assert len(r.json()["choices"]) == 2
+    only = admin.guide_setup([anthropic_target(an.port)], subdomain=subdomain + "a")
+    r = _chat(proxy, subdomain + "a", only["key"], body)
+    assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "n" in r.json()["error"]["message"]
