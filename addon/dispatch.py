@@ -113,7 +113,7 @@ class Dispatcher:
         self.settings = settings
 
     # ------------------------------------------------------------------------------------------------
-    async def handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes) -> Reply:
+    async def handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes | None) -> Reply:
         """Serve one request; every failure comes back as a Reply in the caller's format."""
         ingress = providers.ingress_for_path(path) or "openai"
         try:
@@ -122,7 +122,9 @@ class Dispatcher:
             r = providers.error_reply(ingress, err)
             return Reply(status=r.status, headers=dict(r.headers), body=r.body)
 
-    async def _handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes) -> Reply:
+    async def _handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes | None) -> Reply:
+        if body is None:
+            raise GatewayError(400, "invalid_request", "The request body could not be decoded (Content-Encoding).")
         if len(body) > self.settings.max_body:
             raise GatewayError(413, "request_too_large",
                                f"Request body is larger than {self.settings.max_body} bytes.")

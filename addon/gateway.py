@@ -101,8 +101,12 @@ class GatewayAddon:
             async with self._relay_lock:
                 await self.relay.start()
         req = flow.request
+        try:
+            body = req.content or b""  # decoded when the client sent Content-Encoding
+        except ValueError:
+            body = None
         reply = await self.dispatcher.handle(method=req.method, path=req.path, host=req.host_header or req.host,
-                                             headers=req.headers, body=req.raw_content or b"")
+                                             headers=req.headers, body=body)
         self._redact(flow)
         flow.metadata["aigw"] = {"provider": reply.provider, "target": reply.target_id,
                                  "attempts": reply.attempts, "fail_open": reply.fail_open}

@@ -225,3 +225,21 @@ def test_a_request_one_target_cannot_do_goes_to_one_that_can(admin, proxy, subdo
     r = _chat(proxy, subdomain + "a", only["key"], body)
     assert r.status == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert "n" in r.json()["error"]["message"]
+
+
+def test_oversized_and_compressed_bodies(admin, proxy, subdomain, mock_factory):
+    import gzip
+
+    oa = mock_factory("openai-mock", "sk-openai-test")
+    cfg = admin.guide_setup([openai_target(oa.port, weight=1)], subdomain=subdomain)
+    big = json.dumps(dict(GUIDE_BODY, messages=[{"role": "user", "content": "x" * (11 * 1024 * 1024)}])).encode()
+    r = http("POST", f"{proxy.base}/v1/chat/completions", big, {"X-Api-Key": cfg["key"]})
+    assert r.status == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    assert not oa.requests()
+    packed = gzip.compress(json.dumps(GUIDE_BODY).encode())
+    r = http("POST", f"{proxy.base}/v1/chat/completions", packed,
+             {"X-Api-Key": cfg["key"], "Content-Encoding": "gzip"})
+    assert r.status == 200, r.body
+    r = http("POST", f"{proxy.base}/v1/chat/completions", b"\x1f\x8bnot gzip",
+             {"X-Api-Key": cfg["key"], "Content-Encoding": "gzip"})
+    assert r.status == 400

@@ -187,3 +187,19 @@ def test_other_4xx_is_returned_not_failed_over(admin, proxy, subdomain, mock_fac
     r = http("POST", f"{proxy.base}/v1/chat/completions",
              {"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}]}, {"X-Api-Key": cfg["key"]})
     assert r.status == 400 and r.headers["x-gateway-attempts"] == "openai:400"
+
+
+def test_every_target_timing_out_is_504(admin, proxy, subdomain, mock_factory):
+    a = mock_factory("a", "sk-openai-test")
+    b = mock_factory("b", "sk-ant-test")
+    a.set_faults([{"delay": 5}])
+    b.set_faults([{"delay": 5}])
+    cfg = admin.guide_setup([openai_target(a.port), anthropic_target(b.port)], subdomain=subdomain,
+                            extra={"failover": FAST_FAILOVER})
+    t0 = time.monotonic()
+    r = http("POST", f"{proxy.base}/v1/messages",
+             {"model": "claude-3-sonnet", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]},
+             {"x-api-key": cfg["key"], "anthropic-version": "2023-06-01"})
+    assert r.status == 504
+    assert r.json()["type"] == "error" and r.json()["error"]["message"]
+    assert time.monotonic() - t0 < 4
