@@ -48,9 +48,14 @@ aigw_setup() {
   local want
   want="$(cat "$AIGW_ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "aigw: installing ${extra:+with [$extra] }into .venv" >&2
-    "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip >&2
-    "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$spec" >&2
+    echo "aigw: installing ${extra:+with [$extra] }into .venv (log: .venv/install.log)" >&2
+    if ! { "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip \
+           && "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$spec"; } \
+         > "$venv/install.log" 2>&1; then
+      echo "aigw: installation failed; the end of .venv/install.log:" >&2
+      tail -n 40 "$venv/install.log" >&2
+      exit 1
+    fi
     echo "$want" > "$stamp"
   fi
   export PATH="$venv/bin:$PATH"
