@@ -21,10 +21,10 @@ from addon.live import LiveConfig, target_key
 from addon.relay import Parked, Relay
 from addon.upstream import Attempt, Outcome, UpstreamClient, classify_status, response_headers
 from providers import GatewayError, TargetSpec
+from store.models import Failover
 
 log = logging.getLogger("aigw.dispatch")
 
-DEFAULT_RETRY_ON = frozenset({"connect", "timeout", "5xx", "429", "401", "403"})
 # A connection lost before the answer committed is a transport failure, configured like a connect error.
 TRIGGER_OF = {"cut": "connect"}
 # What the gateway reads from a provider for one non-stream answer.
@@ -50,13 +50,12 @@ class Settings:
     max_body: int = 10 * 1024 * 1024
 
 
-def _failover_settings(upstream: Any) -> Any:
-    return getattr(upstream, "failover", None)
+# Endpoint services (one fixed target) have no upstream settings: they get the defaults.
+DEFAULT_FAILOVER = Failover()
 
 
-def _f(obj: Any, name: str, default: Any) -> Any:
-    value = getattr(obj, name, None) if obj is not None else None
-    return default if value is None else value
+def _failover_settings(upstream: Any) -> Failover:
+    return getattr(upstream, "failover", None) or DEFAULT_FAILOVER
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -148,16 +147,14 @@ class Dispatcher:
         canon = providers.parse_request(ingress, body) if translate else None
 
         failover = _failover_settings(upstream)
-        retry_on = set(_f(failover, "retry_on", DEFAULT_RETRY_ON))
+        retry_on = set(failover.retry_on)
         cap = len(targets)
         rule_cap = getattr(route.rule, "retry_attempts", None)
         if rule_cap:
             cap = min(cap, int(rule_cap))
-        max_attempts = _f(failover, "max_attempts", None)
-        if max_attempts:
-            cap = min(cap, int(max_attempts))
-        total_timeout = float(_f(failover, "total_timeout", 120.0))
-        deadline = time.monotonic() + total_timeout
+        if failover.max_attempts:
+            cap = min(cap, failover.max_attempts)
+        deadline = time.monotonic() + (failover.total_timeout or float("inf"))
 
         policy = self.live.policy(upstream) if upstream is not None else None
         attempts: list[str] = []
@@ -233,7 +230,7 @@ class Dispatcher:
         if upstream.algorithm != "sticky":
             return None
         sticky = getattr(upstream, "sticky", None)
-        hash_on = _f(sticky, "hash_on", "api_key")
+        hash_on = getattr(sticky, "hash_on", None) or "api_key"
         if hash_on.startswith("header:"):
             return headers.get(hash_on.split(":", 1)[1].strip()) or None
         return getattr(route.key, "id", None)
@@ -275,12 +272,11 @@ class Dispatcher:
             req_headers = _passthrough_headers(headers, target)
             req_body = body
             stream = False
-        connect_timeout = min(float(_f(failover, "connect_timeout", 5.0)), remaining)
         attempt = Attempt(method=req_method, url=f"{scheme}://{host}:{port}{req_path}", headers=req_headers,
-                          body=req_body, stream=stream, connect_timeout=connect_timeout,
-                          headers_timeout=min(float(_f(failover, "headers_timeout", 60.0)), remaining),
-                          first_token_timeout=min(float(_f(failover, "first_token_timeout", 30.0)), remaining),
-                          idle_timeout=float(_f(failover, "idle_timeout", 60.0)))
+                          body=req_body, stream=stream, connect_timeout=min(failover.connect_timeout, remaining),
+                          headers_timeout=min(failover.headers_timeout, remaining),
+                          first_token_timeout=min(failover.first_token_timeout, remaining),
+                          idle_timeout=failover.idle_timeout)
         t0 = time.perf_counter()
         try:
             resp = await self.client.send(attempt)

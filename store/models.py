@@ -286,11 +286,13 @@ class Failover(Model):
 
     retry_on: list[RetryCondition] = Field(default_factory=lambda: list(RETRY_CONDITIONS))
     connect_timeout: Annotated[StrictFloat, Field(gt=0)] = 5.0
-    headers_timeout: Annotated[StrictFloat, Field(gt=0)] = 60.0
-    first_token_timeout: Annotated[StrictFloat, Field(gt=0)] = 30.0
+    # A non-stream answer's headers come only once the whole completion is generated: minutes for long ones.
+    headers_timeout: Annotated[StrictFloat, Field(gt=0)] = 300.0
+    # Reasoning models can think for a while before their first streamed token.
+    first_token_timeout: Annotated[StrictFloat, Field(gt=0)] = 60.0
     idle_timeout: Annotated[StrictFloat, Field(gt=0)] = 60.0
     max_attempts: Annotated[StrictInt, Field(gt=0)] | None = None
-    total_timeout: Annotated[StrictFloat, Field(gt=0)] | None = 120.0
+    total_timeout: Annotated[StrictFloat, Field(gt=0)] | None = 600.0
 
     @field_validator("retry_on", mode="before")
     @classmethod

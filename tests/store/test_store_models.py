@@ -216,7 +216,7 @@ def test_failover_defaults_and_validation():
     assert failover.retry_on == ["connect", "timeout", "5xx", "429", "401", "403"]
     timeouts = (failover.connect_timeout, failover.headers_timeout, failover.first_token_timeout,
                 failover.idle_timeout, failover.max_attempts, failover.total_timeout)
-    assert timeouts == (5.0, 60.0, 30.0, 60.0, None, 120.0)
+    assert timeouts == (5.0, 300.0, 60.0, 60.0, None, 600.0)
     assert Failover.model_validate({"retry_on": ["5XX", "connect"]}).retry_on == ["5xx", "connect"]
     for payload in ({"retry_on": ["500"]}, {"connect_timeout": 0}, {"max_attempts": 0}):
         with pytest.raises(ValidationError):
