@@ -243,7 +243,8 @@ class Dispatcher:
             return f"HTTP {outcome.status}"
         return outcome.reason
 
-    def _exhausted(self, reasons: list[str], retry_afters: list[float], attempts: list[str]) -> GatewayError:
+    @staticmethod
+    def _exhausted(reasons: list[str], retry_afters: list[float], attempts: list[str]) -> GatewayError:
         chain = ",".join(attempts) or "none"
         if not reasons:
             return GatewayError(503, "unavailable", "No target available.")
