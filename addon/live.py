@@ -32,7 +32,7 @@ class LiveConfig:
         self.poll_interval = poll_interval
         self.publish_interval = publish_interval
         self._balancers: dict[str, tuple[tuple, Balancer]] = {}
-        self._policies: dict[int, HealthPolicy] = {}
+        self._policies: dict[str, tuple[Any, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -92,15 +92,18 @@ class LiveConfig:
             if uid not in live_upstreams:
                 del self._balancers[uid]
         self.health.forget(live_keys)
-        self._policies.clear()
+        for uid in list(self._policies):
+            if uid not in live_upstreams:
+                del self._policies[uid]
 
     # -- per request ------------------------------------------------------------------------------------
     def policy(self, upstream: Any) -> HealthPolicy:
-        policy = self._policies.get(id(upstream))
-        if policy is None:
-            policy = HealthPolicy.from_model(getattr(upstream, "health_checks", None))
-            self._policies[id(upstream)] = policy
-        return policy
+        checks = getattr(upstream, "health_checks", None)
+        cached = self._policies.get(upstream.id)
+        if cached is None or cached[0] is not checks:
+            cached = (checks, HealthPolicy.from_model(checks))
+            self._policies[upstream.id] = cached
+        return cached[1]
 
     def balancer(self, upstream: Any) -> Balancer:
         signature = (upstream.algorithm, getattr(getattr(upstream, "sticky", None), "ttl", None),
