@@ -33,6 +33,10 @@ def create_app(
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config[HEALTH_PATH_CONFIG] = os.fspath(health_path) if health_path is not None else None
+    # "/gateways/" is "/gateways", and "//" is not merged: werkzeug would answer either with a 308 redirect (an
+    # HTML page, bypassing the JSON error handlers, and dropping a POST body in some clients).
+    app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False
     app.json.sort_keys = False  # keep fields in model order: id, name, ... reads better than alphabetical
     app.extensions[STORE_EXTENSION] = store
     register_error_handlers(app)

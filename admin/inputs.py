@@ -14,6 +14,8 @@ from .errors import ApiError
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+#: Far beyond any table, and within what JSON clients represent exactly.
+MAX_OFFSET = 2**53 - 1
 STORE_EXTENSION = "aigw.store"
 
 
@@ -24,6 +26,16 @@ def get_store() -> Store:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object with a key given twice is ambiguous (parsers disagree on which one wins): refuse it."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {duplicate!r} in an object")
+    return body
 
 
 def json_body() -> dict[str, Any]:
@@ -45,9 +57,11 @@ def json_body() -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 JSON") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"expected a JSON object, got {type(body).__name__}",
                        [{"loc": "body", "msg": "must be a JSON object"}])
@@ -55,8 +69,8 @@ def json_body() -> dict[str, Any]:
 
 
 def page() -> tuple[int, int]:
-    """``(offset, limit)`` from the query string: offset >= 0, 1 <= limit <= 1000 (default 100)."""
-    offset = _int_arg("offset", 0, minimum=0)
+    """``(offset, limit)`` from the query string: 0 <= offset <= 2**53 - 1, 1 <= limit <= 1000 (default 100)."""
+    offset = _int_arg("offset", 0, minimum=0, maximum=MAX_OFFSET)
     limit = _int_arg("limit", DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
     return offset, limit
 
@@ -66,7 +80,9 @@ def _int_arg(name: str, default: int, *, minimum: int, maximum: int | None = Non
     if raw is None:
         return default
     bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-    if not (raw.isascii() and raw.isdigit()) or not (minimum <= int(raw) and (maximum is None or int(raw) <= maximum)):
+    # The length check comes first: int() refuses strings of over 4300 digits with a ValueError.
+    valid = raw.isascii() and raw.isdigit() and len(raw) <= 20
+    if not valid or not (minimum <= int(raw) and (maximum is None or int(raw) <= maximum)):
         message = f"{name} must be an integer {bounds}"
         raise ApiError(400, message, [{"loc": f"query.{name}", "msg": message}])
     return int(raw)

@@ -14,7 +14,7 @@ from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyView, Gateway, Rule,
 
 from . import gateways, keys, rules, services, upstreams
 from .crud import API_PREFIX, Resource
-from .inputs import DEFAULT_LIMIT, MAX_LIMIT
+from .inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from .schemas import ErrorBody, UpstreamHealth
 
 bp = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
@@ -53,13 +53,38 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "Conflict: duplicate unique value, or still referenced",
         413: "Body larger than 1 MiB",
         415: "Body is not JSON",
+        503: "The store is locked or unreadable; retry later",
     }
-    return {str(status): _json(_ref(ErrorBody), reasons[status]) for status in (*statuses, 401)}
+    return {str(status): _json(_ref(ErrorBody), reasons[status]) for status in (*statuses, 401, 503)}
 
 
 def _path_params(resource: Resource, item: bool) -> list[dict[str, Any]]:
     names = (["gateway_id"] if resource.scoped else []) + (["entity_id"] if item else [])
-    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names]
+    schema = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+    return [{"name": name, "in": "path", "required": True, "schema": schema} for name in names]
+
+
+def _links(resource: Resource) -> dict[str, Any]:
+    """OpenAPI links from a create response to the operations on what it created (and, for a gateway, to the
+    operations on its children), so clients and test generators can follow the ids."""
+    scope = {"gateway_id": "$request.path.gateway_id"} if resource.scoped else {}
+    links = {
+        f"{method.lower()}_{resource.label}": {
+            "operationId": f"{_VERBS[method]}_{resource.label}",
+            "parameters": {**scope, "entity_id": "$response.body#/id"},
+        }
+        for method in resource.item_methods
+    }
+    if not resource.scoped:
+        for child in RESOURCES:
+            if child.scoped:
+                for verb, name in (("create", child.label), ("list", child.kind)):
+                    links[f"{verb}_{name}"] = {"operationId": f"{verb}_{name}",
+                                               "parameters": {"gateway_id": "$response.body#/id"}}
+    return links
+
+
+_VERBS = {"GET": "get", "PUT": "replace", "DELETE": "delete"}
 
 
 def _openapi_path(rule: str) -> str:
@@ -71,7 +96,8 @@ def _resource_paths(resource: Resource) -> dict[str, Any]:
     response_model = resource.response_schema or resource.model
     created_model = resource.created_schema or resource.model
     paging = [
-        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+        {"name": "offset", "in": "query",
+         "schema": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}},
         {"name": "limit", "in": "query",
          "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}},
     ]
@@ -82,7 +108,8 @@ def _resource_paths(resource: Resource) -> dict[str, Any]:
             "summary": f"Create a {resource.label}",
             "operationId": f"create_{resource.label}",
             "requestBody": body,
-            "responses": {"201": _json(_ref(created_model), f"The created {resource.label}"),
+            "responses": {"201": {**_json(_ref(created_model), f"The created {resource.label}"),
+                                  "links": _links(resource)},
                           **_errors(400, 404, 409, 413, 415)},
         },
         "get": {
@@ -104,7 +131,8 @@ def _resource_paths(resource: Resource) -> dict[str, Any]:
                                      **_errors(400, 404, 409, 413, 415)}}
     if "DELETE" in resource.item_methods:
         delete: dict[str, Any] = {"summary": f"Delete a {resource.label}", "operationId": f"delete_{resource.label}",
-                                  "responses": {"204": {"description": "Deleted"}, **_errors(404, 409)}}
+                                  "responses": {"204": {"description": "Deleted"},
+                                                **_errors(*((404, 409) if resource.scoped else (400, 404, 409)))}}
         if not resource.scoped:
             delete["parameters"] = [{"name": "cascade", "in": "query", "description": "Also delete its children",
                                      "schema": {"type": "boolean", "default": False}}]

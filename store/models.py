@@ -15,7 +15,9 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated, Any, ClassVar, Literal, Self
+from functools import cache
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -33,8 +35,12 @@ from pydantic import (
 # --------------------------------------------------------------------------------------------------------------
 
 #: Strict numbers: ``"5"`` or ``true`` for a weight is a client bug worth a 400, not something to guess at.
-StrictInt = Annotated[int, Field(strict=True)]
-StrictFloat = Annotated[float, Field(strict=True)]
+#: Integers stay within what every JSON client represents exactly (2**53 - 1): a bigger weight, port or interval
+#: is a typo, and would overflow float arithmetic (time-outs, schedules) in the data plane.
+MAX_JSON_INT = 2**53 - 1
+StrictInt = Annotated[int, Field(strict=True, le=MAX_JSON_INT)]
+#: ``1e400`` parses to infinity; it would be stored as the non-JSON ``Infinity``.
+StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 StrictBool = Annotated[bool, Field(strict=True)]
 NonEmptyStr = Annotated[str, Field(strict=True, min_length=1)]
 
@@ -106,15 +112,63 @@ def _lowercase(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+def _ascii_lowercase(value: Any) -> Any:
+    """Lower-case ASCII only: ``str.lower`` maps some non-ASCII letters to ASCII (KELVIN SIGN -> ``k``)."""
+    return _lowercase(value) if isinstance(value, str) and value.isascii() else value
+
+
+#: An HTTP header name (RFC 9110 token).
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Control characters that must never reach a header value (CR/LF would inject headers).
+HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Validation context of client payloads (``Entity.from_payload``): checks added after records were stored are
+#: applied to new input only, so older stored records stay loadable.
+INPUT_CONTEXT = {"admin_input": True}
+
+
+def _is_input(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("admin_input"))
+
+
+def check_header(name: str, value: str | None, what: str) -> None:
+    if not HEADER_NAME.fullmatch(name):
+        raise ValueError(f"{what} name {name!r} is not a valid HTTP header name")
+    if value is not None and HEADER_VALUE_FORBIDDEN.search(value):
+        raise ValueError(f"{what} value of {name!r} contains control characters (CR, LF, NUL, ...)")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Base classes
 # --------------------------------------------------------------------------------------------------------------
+
+
+@cache
+def _takes_int(model: type[BaseModel], field_name: str) -> bool:
+    """Whether the field is an int (possibly optional) and not also a float."""
+
+    def kinds(annotation: Any) -> set[Any]:
+        if get_origin(annotation) is Annotated:
+            return kinds(get_args(annotation)[0])
+        if get_origin(annotation) in (Union, UnionType):
+            return set().union(*(kinds(arg) for arg in get_args(annotation)))
+        return {annotation}
+
+    found = kinds(model.model_fields[field_name].annotation)
+    return int in found and float not in found
 
 
 class Model(BaseModel):
     """Frozen, extra-ignoring base for every value object."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_float(cls, value: Any, info: ValidationInfo) -> Any:
+        """``50.0`` is the integer 50 in JSON (and JSON Schema): accepted for an int field; ``50.5`` is not."""
+        if isinstance(value, float) and value.is_integer() and info.field_name and _takes_int(cls, info.field_name):
+            return int(value)
+        return value
 
 
 class Entity(Model):
@@ -133,7 +187,9 @@ class Entity(Model):
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Self:
         """Validate a client payload, ignoring any server-owned fields it carries."""
-        return cls.model_validate({k: v for k, v in payload.items() if k not in cls.SERVER_FIELDS})
+        return cls.model_validate(
+            {k: v for k, v in payload.items() if k not in cls.SERVER_FIELDS}, context=INPUT_CONTEXT
+        )
 
 
 class GatewayScoped(Entity):
@@ -151,13 +207,17 @@ class Gateway(Entity):
     """A tenant: selected by the first label of the request's Host header."""
 
     name: NonEmptyStr
-    subdomain: Annotated[str, Field(strict=True, description="DNS label, unique across gateways")]
+    subdomain: Annotated[
+        str,
+        Field(strict=True, description="DNS label, unique across gateways",
+              json_schema_extra={"pattern": f"^{DNS_LABEL.pattern}$"}),
+    ]
     status: Literal["active", "inactive"] = "active"
 
     @field_validator("subdomain", mode="before")
     @classmethod
     def _normalise_subdomain(cls, value: Any) -> Any:
-        return _lowercase(value)
+        return _ascii_lowercase(value)
 
     @field_validator("subdomain")
     @classmethod
@@ -178,6 +238,16 @@ class Credentials(Model):
     """How the gateway authenticates to a provider: an explicit header, or ``api_key`` in the provider's own
     header (``Authorization: Bearer`` for OpenAI, ``x-api-key`` for Anthropic, ...). Write-only in the admin API."""
 
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["header_name", "header_value"],
+         "properties": {"header_name": {"type": "string", "pattern": f"^{HEADER_NAME.pattern}$"},
+                        "header_value": {"type": "string", "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]+$"},
+                        "api_key": {"type": "null"}}},
+        {"required": ["api_key"],
+         "properties": {"api_key": {"type": "string", "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]+$"},
+                        "header_name": {"type": "null"}, "header_value": {"type": "null"}}},
+    ]})
+
     header_name: NonEmptyStr | None = None
     header_value: NonEmptyStr | None = None
     api_key: NonEmptyStr | None = None
@@ -193,6 +263,15 @@ class Credentials(Model):
             raise ValueError("credentials need header_name and header_value, or api_key")
         return self
 
+    @model_validator(mode="after")
+    def _valid_header(self, info: ValidationInfo) -> Self:
+        if _is_input(info):
+            if self.header_name is not None:
+                check_header(self.header_name, self.header_value, "credentials header")
+            if self.api_key is not None and HEADER_VALUE_FORBIDDEN.search(self.api_key):
+                raise ValueError("api_key contains control characters (CR, LF, NUL, ...)")
+        return self
+
     def secret(self) -> str:
         """The secret part, whichever form was used."""
         return self.api_key if self.api_key is not None else self.header_value  # type: ignore[return-value]
@@ -201,11 +280,22 @@ class Credentials(Model):
 class Target(Model):
     """One provider endpoint inside an upstream."""
 
-    id: Annotated[str, Field(strict=True, description="Kept when given (health state is keyed by it)")] = Field(
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["provider"], "properties": {"provider": {"type": "string"}}},
+        {"required": ["host", "port", "protocol"],
+         "properties": {"host": {"type": "string"}, "port": {"type": "integer"}, "protocol": {"type": "string"}}},
+    ]})
+
+    id: Annotated[
+        str,
+        Field(strict=True, description="Kept when given (health state is keyed by it)",
+              json_schema_extra={"pattern": f"^{TARGET_ID.pattern}$"}),
+    ] = Field(
         default_factory=new_id
     )
     provider: Provider | None = None
-    path: str | None = Field(default=None, description="Provider endpoint; defaults to the provider's chat path")
+    path: str | None = Field(default=None, description="Provider endpoint; defaults to the provider's chat path",
+                             json_schema_extra={"pattern": "^/"})
     host: NonEmptyStr | None = None
     port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
     protocol: Literal["http", "https"] | None = None
@@ -213,7 +303,10 @@ class Target(Model):
     priority: Annotated[StrictInt, Field(ge=1)] = 1
     models: list[NonEmptyStr] = Field(default_factory=list)
     default_model: NonEmptyStr | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(default_factory=dict, json_schema_extra={
+        "propertyNames": {"pattern": f"^{HEADER_NAME.pattern}$"},
+        "additionalProperties": {"type": "string", "pattern": "^[^\\x00-\\x08\\x0a-\\x1f\\x7f]*$"},
+    })
     credentials: Credentials | None = None
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
@@ -239,6 +332,14 @@ class Target(Model):
     def _check_path(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("/"):
             raise ValueError("path must start with '/'")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if _is_input(info):
+            for name, header_value in value.items():
+                check_header(name, header_value, "header")
         return value
 
     @field_validator("default_model")
@@ -305,7 +406,8 @@ class Failover(Model):
 class Sticky(Model):
     """aigw: session affinity for the ``sticky`` algorithm."""
 
-    hash_on: str = Field(default="api_key", description='"api_key" or "header:<Header-Name>"')
+    hash_on: str = Field(default="api_key", description='"api_key" or "header:<Header-Name>"',
+                         json_schema_extra={"pattern": f"^({STICKY_HASH_ON.pattern})$"})
     ttl: Annotated[StrictInt, Field(gt=0, description="Seconds an affinity is remembered")] = 300
 
     @field_validator("hash_on")
@@ -365,13 +467,20 @@ class Upstream(GatewayScoped):
 class Service(GatewayScoped):
     """What a rule routes to: an upstream of the same gateway, or a fixed endpoint."""
 
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"type": {"const": "upstream"}, "upstream_id": {"type": "string"}}, "required": ["upstream_id"]},
+        {"properties": {"type": {"const": "endpoint"}, "host": {"type": "string"}, "port": {"type": "integer"},
+                        "protocol": {"type": "string"}},
+         "required": ["type", "host", "port", "protocol"]},
+    ]})
+
     name: NonEmptyStr
     type: Literal["upstream", "endpoint"] = "upstream"
     upstream_id: NonEmptyStr | None = None
     host: NonEmptyStr | None = None
     port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
     protocol: Literal["http", "https"] | None = None
-    path: str | None = None
+    path: str | None = Field(default=None, json_schema_extra={"pattern": "^/"})
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
 
@@ -402,7 +511,7 @@ class Rule(GatewayScoped):
     """Routes requests whose path starts with ``path`` (on a segment boundary) and whose method is listed."""
 
     name: str | None = None
-    path: Annotated[str, Field(strict=True, min_length=1)]
+    path: Annotated[str, Field(strict=True, min_length=1, json_schema_extra={"pattern": "^/"})]
     service_id: NonEmptyStr
     methods: Annotated[list[HttpMethod], Field(min_length=1)] = Field(
         default_factory=lambda: list(HTTP_METHODS), description="Defaults to every method"
@@ -424,7 +533,9 @@ class Rule(GatewayScoped):
     def _normalise_methods(cls, value: Any) -> Any:
         if isinstance(value, list):
             upper = [item.strip().upper() if isinstance(item, str) else item for item in value]
-            return list(dict.fromkeys(upper))  # de-duplicate, keep order
+            if all(isinstance(item, str) for item in upper):
+                return list(dict.fromkeys(upper))  # de-duplicate, keep order
+            return upper  # a non-string item: pydantic reports it (and it may be unhashable: no dict.fromkeys)
         return value
 
     def matches(self, path: str, method: str) -> bool:
@@ -446,6 +557,14 @@ class ApiKeyCreate(Model):
 
     name: NonEmptyStr
     expires_at: UtcDatetime | None = None
+
+    @field_validator("expires_at", mode="before")
+    @classmethod
+    def _rfc3339_string(cls, value: Any) -> Any:
+        # pydantic would read a number as a Unix time (seconds or milliseconds, by size): too easy to get wrong.
+        if value is not None and not isinstance(value, (str, datetime)):
+            raise ValueError('expires_at must be an RFC 3339 string, e.g. "2030-01-01T00:00:00Z"')
+        return value
 
     @field_validator("expires_at")
     @classmethod
