@@ -61,12 +61,19 @@ class LiveConfig:
                 log.exception("aigw: configuration reload failed; keeping the previous configuration")
 
     async def _publish(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.publish_interval)
             try:
                 await asyncio.to_thread(write_health, self.health_path, self._health_doc())
-            except Exception:
-                log.exception("aigw: could not publish health state")
+            except Exception as exc:
+                if not failing:  # once per outage, not once a second
+                    log.warning("aigw: cannot publish health state to %s: %s", self.health_path, exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("aigw: publishing health state to %s again", self.health_path)
+                failing = False
 
     def _health_doc(self) -> dict:
         return {"written_at": time.time(), "pid": os.getpid(), "targets": self.health.export()}
