@@ -223,7 +223,13 @@ class Dispatcher:
 
         if unsupported is not None and not reasons:
             raise unsupported
-        raise self._exhausted(reasons, retry_afters, attempts)
+        err = self._exhausted(reasons, retry_afters, attempts)
+        r = providers.error_reply(ingress or "openai", err)
+        reply = Reply(status=r.status, headers=dict(r.headers), body=r.body, attempts=attempts, fail_open=fail_open)
+        reply.headers["X-Gateway-Attempts"] = ",".join(attempts)
+        if fail_open:
+            reply.headers["X-Gateway-Fail-Open"] = "true"
+        return reply
 
     # ------------------------------------------------------------------------------------------------
     def _sticky_key(self, upstream: Any, headers: Any, route: routing.Route) -> str | None:
@@ -258,6 +264,16 @@ class Dispatcher:
 
     async def _attempt(self, target: Any, provider: str | None, canon: Any, route: routing.Route, method: str,
                        path: str, headers: Any, body: bytes, failover: Any, remaining: float) -> Outcome:
+        """One attempt, bounded as a whole (up to its commit point) by what is left of total_timeout."""
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._attempt_once(target, provider, canon, route, method, path, headers, body,
+                                                failover, remaining)
+        except TimeoutError:
+            return Outcome("failure", reason="timeout", error=GatewayError(504, "timeout", "total_timeout reached"))
+
+    async def _attempt_once(self, target: Any, provider: str | None, canon: Any, route: routing.Route, method: str,
+                            path: str, headers: Any, body: bytes, failover: Any, remaining: float) -> Outcome:
         scheme, host, port = target_origin(target)
         if provider and canon is not None:
             model = routing.map_model(canon.model, target)
@@ -318,6 +334,7 @@ class Dispatcher:
     async def _open_stream(self, resp: Any, status: int, rheaders: dict[str, str], canon: Any, provider: str,
                            attempt: Attempt, ttfb: float) -> Outcome:
         translator = providers.open_stream(canon, provider)
+        sent_at = time.perf_counter() - ttfb  # the request went out here; a stream's TTFB is its first content
         buf = bytearray()
         eof = False
         deadline = time.monotonic() + attempt.first_token_timeout
@@ -345,7 +362,8 @@ class Dispatcher:
             return Outcome("failure", reason=reason, status=0, error=err, retry_after=err.retry_after)
         if translator.committed:
             return Outcome("stream", status=status, headers=rheaders, response=resp, translator=translator,
-                           buffered=bytes(buf), ttfb=ttfb, idle_timeout=attempt.idle_timeout)
+                           buffered=bytes(buf), ttfb=time.perf_counter() - sent_at,
+                           idle_timeout=attempt.idle_timeout)
         # Ended before any content (an empty answer): deliver it whole — or fail over if it was cut.
         if not eof:
             try:

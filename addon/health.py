@@ -14,6 +14,10 @@ from the requests the gateway sends anyway. Per target key (``"<upstream_id>/<ta
 "Consecutive" is deliberate: on a busy target a handful of scattered 5xx among thousands of successes must
 not ban it for everyone; the error-ratio rule is the tool for a target that fails *often* but not always.
 
+Active probes (``health_checks.active``, off by default) feed the same circuits: a failed probe counts like a
+failed request; a good probe is weaker evidence than a served completion, so it only stands in for the
+half-open trial (``probe_success``) and never resets a closed circuit's failure run or feeds the TTFB EWMA.
+
 A 401/403 says the *credential* is broken, not the provider: ``failure(..., health=False)`` keeps the error
 visible but never counts towards opening, so one bad key does not take a provider away from other upstreams.
 
@@ -53,6 +57,12 @@ class HealthPolicy:
     interval: float = 60.0
     error_ratio: float | None = None
     min_requests: int = 10
+    active: bool = False  # active probes enabled: probe failures may open the circuit even when passive is off
+
+    @property
+    def breaker(self) -> bool:
+        """Whether circuits are enforced at all (passive health from traffic, or active probes)."""
+        return self.passive or self.active
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -72,12 +82,18 @@ class HealthPolicy:
         get = hc.get if isinstance(hc, Mapping) else (lambda name, default: getattr(hc, name, default))
         d = cls()
         ratio = get("error_ratio", None)
+        active = get("active", None)
+        if isinstance(active, Mapping):
+            active_on = bool(active.get("enabled", False))
+        else:
+            active_on = bool(getattr(active, "enabled", False)) if active is not None else False
         return cls(
             passive=bool(get("passive", d.passive)),
             threshold=int(get("threshold", d.threshold)),
             interval=float(get("interval", d.interval)),
             error_ratio=None if ratio is None else float(ratio),
             min_requests=int(get("min_requests", d.min_requests)),
+            active=active_on,
         )
 
 
@@ -160,7 +176,7 @@ class HealthBoard:
     def is_available(self, key: str, policy: HealthPolicy) -> bool:
         """May a new request go to `key`? Half-open admits only while no trial is in flight."""
         c = self._circuits.get(key)
-        if c is None or c.state == CLOSED or not policy.passive:
+        if c is None or c.state == CLOSED or not policy.breaker:
             return True
         if c.state == OPEN:
             return self._clock() >= c.open_until  # cooled down: the next request will be the trial
@@ -175,7 +191,7 @@ class HealthBoard:
         c = self._get(key)
         c.in_flight += 1
         c.requests += 1
-        if c.state != CLOSED and policy.passive and not c.trial:
+        if c.state != CLOSED and policy.breaker and not c.trial:
             c.state = HALF_OPEN
             c.trial = True
 
@@ -213,9 +229,11 @@ class HealthBoard:
         *,
         retry_after_s: float | None = None,
         health: bool = True,
+        probe: bool = False,
     ) -> None:
         """The target failed. `health=False` (401/403): visible, never counted. `retry_after_s` (429): open
-        now for that long, bounded to [1, 3600] s — the provider said when to come back."""
+        now for that long, bounded to [1, 3600] s — the provider said when to come back. `probe`: the failure
+        of an active probe, which may open the circuit when probes are on even if passive health is off."""
         c = self._get(key)
         now = self._clock()
         c.failures += 1
@@ -229,12 +247,36 @@ class HealthBoard:
             c.recent = deque(c.recent, maxlen=policy.threshold)
         c.recent.append(now)
         c.record(now, policy.interval, failed=True)
-        if not policy.passive:
+        if not (policy.passive or (probe and policy.active)):
             return
         if retry_after_s is not None:
             self._open(c, now, min(max(float(retry_after_s), RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S))
         elif c.state == HALF_OPEN or (c.state == CLOSED and self._tripped(c, policy, now)):
             self._open(c, now, policy.interval)
+
+    def probe_success(self, key: str, policy: HealthPolicy) -> bool:
+        """An active probe got a good answer; True when that closed the circuit.
+
+        A probe (e.g. GET /v1/models) proves the target is reachable, not that completions work, so it is weaker
+        evidence than a served request: on a closed circuit it changes nothing (a failing completion endpoint
+        behind a healthy model list must still trip), it never cuts a cool-down short (a Retry-After is the
+        provider's word), and it does not feed the TTFB EWMA. Once the cool-down is over it stands in for the
+        half-open trial, so a recovered target is back without a caller having to risk a request on it — unless
+        a real trial is already in flight, which then decides.
+        """
+        c = self._get(key)  # a probed target is known (and published as closed) even before any traffic
+        if c.state == CLOSED or not policy.breaker:
+            return False
+        if c.state == OPEN and self._clock() < c.open_until:
+            return False
+        if c.state == HALF_OPEN and c.trial:
+            return False
+        c.state = CLOSED
+        c.trial = False
+        c.consecutive = 0
+        c.recent.clear()
+        c.reset_window()
+        return True
 
     @staticmethod
     def _tripped(c: _Circuit, policy: HealthPolicy, now: float) -> bool:

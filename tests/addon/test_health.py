@@ -382,3 +382,87 @@ def test_many_trials_over_time_admit_one_at_a_time(board, clock):
             board.begin(K, P)
             admitted["trial"] += 1
     assert admitted["trial"] == 1
+
+
+# -- active probes ------------------------------------------------------------------------------------------
+
+PROBED = HealthPolicy(threshold=2, interval=10.0, active=True)
+
+
+def test_policy_reads_active_enabled():
+    assert HealthPolicy.from_model({"active": {"enabled": True, "path": "/v1/models"}}).active is True
+    assert HealthPolicy.from_model({"active": {"enabled": False}}).active is False
+    assert HealthPolicy.from_model(SimpleNamespace(active=SimpleNamespace(enabled=True))).active is True
+    assert HealthPolicy.from_model(SimpleNamespace(active=None)).active is False
+    assert HealthPolicy().breaker and HealthPolicy(passive=False, active=True).breaker
+    assert not HealthPolicy(passive=False).breaker
+
+
+def test_probe_failures_open_like_request_failures(board):
+    for _ in range(2):
+        board.failure(K, PROBED, "probe: HTTP 500", probe=True)
+    assert board.state(K) == "open"
+    assert board.snapshot(K)["last_error"] == "probe: HTTP 500"
+
+
+def test_probe_success_closes_only_after_the_cooldown(board, clock):
+    fail(board, PROBED, 2)
+    assert board.probe_success(K, PROBED) is False  # resting: a probe never cuts the cool-down short
+    assert board.state(K) == "open"
+    clock.advance(10.0)
+    assert board.probe_success(K, PROBED) is True  # stands in for the trial: no caller has to risk it
+    assert board.state(K) == "closed"
+    assert board.is_available(K, PROBED)
+    snap = board.snapshot(K)
+    assert snap["consecutive_failures"] == 0 and snap["ewma_ttfb_ms"] is None
+
+
+def test_probe_success_never_shortens_a_retry_after(board, clock):
+    board.failure(K, PROBED, "HTTP 429", retry_after_s=30)
+    clock.advance(10.0)
+    assert board.probe_success(K, PROBED) is False
+    assert board.state(K) == "open"
+    clock.advance(20.0)
+    assert board.probe_success(K, PROBED) is True
+
+
+def test_probe_success_leaves_a_running_trial_to_decide(board, clock):
+    fail(board, PROBED, 2)
+    clock.advance(10.0)
+    board.begin(K, PROBED)  # a caller's request is the trial
+    assert board.probe_success(K, PROBED) is False
+    board.failure(K, PROBED, "HTTP 500")
+    board.end(K)
+    assert board.state(K) == "open"  # the real request failed: the probe's word did not overrule it
+
+
+def test_probe_success_does_not_reset_a_closed_failure_run(board):
+    """A healthy model list in front of a failing completion endpoint must not keep the circuit closed."""
+    fail(board, PROBED, 1)
+    assert board.probe_success(K, PROBED) is False
+    fail(board, PROBED, 1)
+    assert board.state(K) == "open"
+
+
+def test_probe_success_makes_the_key_known(board):
+    assert board.export() == {}
+    board.probe_success(K, PROBED)
+    assert board.export()[K]["state"] == "closed" and board.export()[K]["requests"] == 0
+
+
+def test_probes_enforce_the_circuit_when_passive_is_off(board, clock):
+    probes_only = HealthPolicy(passive=False, threshold=2, interval=10.0, active=True)
+    fail(board, probes_only, 3)  # live traffic failures are recorded, never judged
+    assert board.state(K) == "closed"
+    board.failure(K, probes_only, "probe: ConnectionRefusedError", probe=True)
+    assert board.state(K) == "open"
+    assert not board.is_available(K, probes_only)
+    clock.advance(10.0)
+    assert board.probe_success(K, probes_only) and board.is_available(K, probes_only)
+
+
+def test_passive_off_and_probes_off_never_open_on_probe_failures(board):
+    off = HealthPolicy(passive=False)
+    for _ in range(5):
+        board.failure(K, off, "probe: HTTP 500", probe=True)
+    assert board.state(K) == "closed"
