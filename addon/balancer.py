@@ -182,6 +182,20 @@ class Balancer:
             return Plan(list(self._all), fail_open=True)
         return Plan(order)
 
+    def served(self, sticky_key: str | None, target: Any) -> None:
+        """Record which target answered a sticky request. After a failover the session is re-pinned to the
+        target that served it at once, rather than paying the failover again until the old target's circuit
+        opens."""
+        if self.algorithm != "sticky" or sticky_key is None:
+            return
+        pin = self._pins.get(sticky_key)
+        if pin is not None and pin[0] == target.id:
+            return
+        self._pins[sticky_key] = (target.id, self._clock() + self._sticky_ttl)
+        self._pins.move_to_end(sticky_key)
+        if len(self._pins) > STICKY_MAX_PINS:
+            self._pins.popitem(last=False)
+
     # -- algorithms: each returns the tier's weighted available indices in attempt order -----------------
 
     def _rank_swrr(self, tier: _Tier, idx: list[int], up, advance: bool, in_flight, ewma, key) -> list[int]:

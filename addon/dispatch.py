@@ -132,6 +132,7 @@ class Dispatcher:
                                 base_domain=self.settings.base_domain)
         ingress = providers.ingress_for_path(path)
         upstream = route.upstream
+        sticky_key = None
         if upstream is None:
             targets = [route.service]
             fail_open = False
@@ -209,6 +210,8 @@ class Dispatcher:
                     return self._finish(self._error_passthrough(canon, provider, ingress, outcome), attempts,
                                         provider, target, fail_open, started, upstream_seconds)
                 attempts.append(f"{label}:{outcome.status}")
+                if sticky_key is not None and len(attempts) > 1:
+                    self.live.balancer(upstream).served(sticky_key, target)
                 if policy is not None and outcome.kind != "stream":
                     self.live.health.success(key, policy, outcome.ttfb)
                 if outcome.kind == "stream":

@@ -360,3 +360,18 @@ def test_inherit_keeps_rotation_and_pins():
     assert picks(new, 1, sticky_key="alice") == [moved]
     fresh = Balancer("sticky", [*FOUR, T("t9")], clock=clock)
     assert picks(new, 1) != picks(fresh, 1)  # rotation continued instead of restarting at t0
+
+
+def test_sticky_session_is_repinned_to_the_target_that_served_it_after_a_failover():
+    from types import SimpleNamespace as NS
+
+    from addon.balancer import Balancer
+
+    targets = [NS(id=f"t{i}", weight=1, priority=1) for i in range(3)]
+    b = Balancer("sticky", targets, clock=lambda: 0.0)
+    first = b.plan(available=lambda t: True, sticky_key="s").order
+    other = next(t for t in targets if t is not first[0])
+    b.served("s", other)  # the pinned target failed; `other` answered
+    assert b.plan(available=lambda t: True, sticky_key="s").order[0] is other
+    b.served(None, first[0])  # no key: nothing to remember
+    Balancer("round-robin", targets).served("s", other)  # other algorithms ignore it
