@@ -145,7 +145,7 @@ class Dispatcher:
                 raise GatewayError(503, "unavailable", "No target of this upstream is available.")
 
         translate = ingress is not None and any(getattr(t, "provider", None) for t in targets)
-        canon = providers.parse_request(ingress, body) if translate else None
+        canon = providers.parse_request(ingress, body, headers=headers) if translate else None
 
         failover = _failover_settings(upstream)
         retry_on = set(failover.retry_on)
@@ -288,7 +288,10 @@ class Dispatcher:
             req_method, req_path, req_headers, req_body, stream = up.method, up.path, up.headers, up.body, up.stream
         else:
             req_method = method
-            req_path = routing.forwarded_path(path, route.rule, getattr(target, "path", None))
+            # A provider target's `path` is its chat endpoint, not a base: other provider paths (models,
+            # count_tokens, …) keep their own path.
+            base = None if provider else getattr(target, "path", None)
+            req_path = routing.forwarded_path(path, route.rule, base)
             req_headers = _passthrough_headers(headers, target)
             req_body = body
             stream = False

@@ -7,7 +7,9 @@ recordings (tests/fixtures/*), so the real SDKs accept them under ``_strict_resp
 Endpoints (one port serves all of them):
 
 * OpenAI    ``POST /v1/chat/completions`` and any path ending in ``/chat/completions``; Azure
-  ``/openai/deployments/{d}/chat/completions?api-version=…`` (``api-key`` header; 404 without api-version).
+  ``/openai/deployments/{d}/chat/completions?api-version=…`` (``api-key`` header; 404 without api-version;
+  answers carry Azure's ``prompt_filter_results``/``content_filter_results``, and streams open with the
+  prompt-filter chunk: ``choices: []`` and empty ``id``/``model``/``object``).
 * Anthropic ``POST /v1/messages`` (``x-api-key`` or ``Authorization: Bearer``; ``anthropic-version`` required).
 * Gemini    ``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``?alt=sse`` → SSE,
   otherwise one streamed JSON array); key in ``x-goog-api-key`` or ``?key=``.
@@ -17,7 +19,9 @@ Endpoints (one port serves all of them):
 
 Behaviour: the reply text is fixed per server (``reply``, default ``"Hello from <name>"``); its words are the
 completion tokens (``max_tokens`` truncates at a word, ``stop``/``stop_sequences`` cut before the match), prompt
-tokens are ``ceil(chars of prompt text / 4)``. A tool call is answered when tools are given and either the tool
+tokens are ``ceil(chars of prompt text / 4)``. OpenAI and Gemini cache prompts automatically: the same prompt
+(messages/contents and tools) of at least 1024 tokens sent again reports its tokens, rounded down to a multiple of
+128, as cached (``prompt_tokens_details.cached_tokens`` / ``cachedContentTokenCount``). A tool call is answered when tools are given and either the tool
 choice forces one, or the last turn is a plain user turn whose text mentions "weather"; "parallel" in that text
 gives two calls. Arguments are ``{"city": "Paris"}`` (second call ``{"city": "Rome"}``).
 
@@ -152,6 +156,8 @@ _GEMINI_STATUS = {
 
 # The status a provider uses for "overloaded" (also the error carried by in-stream error events).
 OVERLOADED_STATUS = {OPENAI: 503, ANTHROPIC: 529, GEMINI: 503}
+# Automatic prompt caching (OpenAI, Gemini): from 1024 prompt tokens, in 128-token steps.
+CACHE_MIN_TOKENS, CACHE_STEP = 1024, 128
 
 
 def status_error(provider: str, status: int, message: str | None = None) -> ApiError:
@@ -352,6 +358,7 @@ class Plan:
     finish: str  # "stop" | "length" | "stop_sequence" | "tool"
     stop_sequence: str | None
     prompt_tokens: int
+    cached_tokens: int = 0  # part of prompt_tokens served from the provider's prompt cache
 
     @property
     def text(self) -> str:
@@ -721,9 +728,9 @@ def _oa_last_user_text(msgs: list) -> str | None:
 _OA_FINISH = {"stop": "stop", "length": "length", "stop_sequence": "stop", "tool": "tool_calls"}
 
 
-def _oa_usage(prompt: int, completion: int) -> dict:
+def _oa_usage(prompt: int, completion: int, cached: int = 0) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 
@@ -742,7 +749,8 @@ def openai_completion(model: str, plans: list[Plan]) -> dict:
         choices.append({"index": i, "message": msg, "logprobs": None, "finish_reason": _OA_FINISH[plan.finish]})
     return {"id": "chatcmpl-" + _rid(14), "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": choices,
-            "usage": _oa_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans)),
+            "usage": _oa_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans),
+                               plans[0].cached_tokens),
             "service_tier": "default", "system_fingerprint": "fp_mock"}
 
 
@@ -772,10 +780,17 @@ def openai_stream_events(model: str, plans: list[Plan], per_chunk: int, include_
                 events.append(ev(choice(i, {"content": text})))
         events.append(ev(choice(i, {}, _OA_FINISH[plan.finish])))
     if include_usage:
-        usage = _oa_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans))
+        usage = _oa_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans), plans[0].cached_tokens)
         events.append(ev([], ',"usage":' + _dumps(usage)))
     events.append(b"data: [DONE]\n\n")
     return events
+
+
+_AZURE_FILTERS = {k: {"filtered": False, "severity": "safe"} for k in ("hate", "self_harm", "sexual", "violence")}
+# Azure streams open with the prompt-filter results: no choices, empty id/model/object, created 0.
+AZURE_PROMPT_FILTER_CHUNK = ("data: " + _dumps({
+    "choices": [], "created": 0, "id": "", "model": "", "object": "",
+    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}]}) + "\n\n").encode()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1231,8 +1246,52 @@ def _gm_tools(body: dict) -> list[str]:
             if not isinstance(fd, dict) or not isinstance(fd.get("name"), str) or not fd["name"]:
                 raise _gm_invalid(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Name cannot "
                                   "be empty.\n")
+            if not _GM_FN_NAME.match(fd["name"]):
+                raise _gm_invalid(f"* GenerateContentRequest.tools[{i}].function_declarations[{j}].name: Invalid "
+                                  "function name. Must start with a letter or an underscore. Must be alphameric "
+                                  "(a-z, A-Z, 0-9), underscores (_), dots (.), colons (:) or dashes (-), with a "
+                                  "maximum length of 64.\n")
+            if fd.get("parameters") is not None:
+                _gm_schema(f"tools[{i}].function_declarations[{j}].parameters", fd["parameters"])
             names.append(fd["name"])
     return names
+
+
+# Gemini's Schema object (an OpenAPI 3.0 subset): any other keyword ($ref, $defs, additionalProperties, const...)
+# is an unknown field and the request is refused.
+_GM_SCHEMA_KEYS = frozenset((
+    "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties", "required",
+    "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example", "anyOf", "propertyOrdering",
+    "default", "items", "minimum", "maximum", "max_items", "min_items", "min_properties", "max_properties",
+    "min_length", "max_length", "any_of", "property_ordering",
+))
+_GM_FN_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
+_GM_TYPES = frozenset(("STRING", "NUMBER", "INTEGER", "BOOLEAN", "ARRAY", "OBJECT", "NULL"))
+
+
+def _gm_schema(where: str, schema: Any) -> None:
+    if not isinstance(schema, dict):
+        raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}'", where)
+    for k, v in schema.items():
+        if k not in _GM_SCHEMA_KEYS:
+            raise _gm_invalid(f'Invalid JSON payload received. Unknown name "{k}" at \'{where}\': Cannot find field.',
+                              where)
+        if k == "type" and (not isinstance(v, str) or v.upper() not in _GM_TYPES):
+            raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.type' ({_dumps(v)})", where)
+        if k == "properties":
+            if not isinstance(v, dict):
+                raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.properties'", where)
+            for name, sub in v.items():
+                _gm_schema(f"{where}.properties[{name}].value", sub)
+        elif k == "items":
+            _gm_schema(f"{where}.items", v)
+        elif k in ("anyOf", "any_of"):
+            if not isinstance(v, list):
+                raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.any_of'", where)
+            for i, sub in enumerate(v):
+                _gm_schema(f"{where}.any_of[{i}]", sub)
+    if str(schema.get("type", "")).upper() == "OBJECT" and "properties" in schema and not schema["properties"]:
+        raise _gm_invalid(f"* GenerateContentRequest.{where}.properties: should be non-empty for OBJECT type\n", where)
 
 
 def validate_gemini(body: Any) -> tuple[list[list[str]], list[str]]:
@@ -1253,6 +1312,9 @@ def validate_gemini(body: Any) -> tuple[list[list[str]], list[str]]:
         _gm_number(cfg, "topP", "top_p", 0, 1, False)
         _gm_number(cfg, "maxOutputTokens", "max_output_tokens", 1, None, True)
         _gm_number(cfg, "candidateCount", "candidate_count", 1, 8, True)
+        rs = _g(cfg, "responseSchema", "response_schema")
+        if rs is not None:
+            _gm_schema("generation_config.response_schema", rs)
         stops = _g(cfg, "stopSequences", "stop_sequences")
         if stops is not None and (not isinstance(stops, list) or len(stops) > 5):
             raise _gm_invalid("* GenerateContentRequest.generation_config.stop_sequences: at most 5 stop sequences "
@@ -1292,7 +1354,12 @@ def _gm_prompt_chars(body: dict) -> int:
 _GM_FINISH = {"stop": "STOP", "length": "MAX_TOKENS", "stop_sequence": "STOP", "tool": "STOP"}
 
 
-def _gm_usage(prompt: int, completion: int) -> dict:
+def _gm_usage(prompt: int, completion: int, cached: int = 0) -> dict:
+    if cached:
+        return {"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion,
+                "cachedContentTokenCount": cached,
+                "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+                "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": cached}]}
     return {"promptTokenCount": prompt, "candidatesTokenCount": completion, "totalTokenCount": prompt + completion,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}]}
 
@@ -1307,7 +1374,8 @@ def gemini_response(model: str, plans: list[Plan]) -> dict:
     cands = [{"content": {"parts": _gm_parts(p.text, p), "role": "model"}, "finishReason": _GM_FINISH[p.finish],
               "index": i} for i, p in enumerate(plans)]
     return {"candidates": cands,
-            "usageMetadata": _gm_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans)),
+            "usageMetadata": _gm_usage(plans[0].prompt_tokens, sum(p.completion_tokens for p in plans),
+                                       plans[0].cached_tokens),
             "modelVersion": model, "responseId": _rid(11)}
 
 
@@ -1327,7 +1395,8 @@ def gemini_stream_chunks(model: str, plans: list[Plan], per_chunk: int) -> list[
             cands.append(cand)
         done += 0 if text is None else len(_WORD.findall(text))
         completion = sum(p.completion_tokens for p in plans) if last else done * len(plans)
-        out.append({"candidates": cands, "usageMetadata": _gm_usage(prompt, completion), "modelVersion": model,
+        out.append({"candidates": cands, "usageMetadata": _gm_usage(prompt, completion, plan.cached_tokens),
+                    "modelVersion": model,
                     "responseId": rid})
     return out
 
@@ -1376,6 +1445,7 @@ class MockProvider:
         self._seq = 0
         self._status_counts: collections.Counter[str] = collections.Counter()
         self._faults: list[FaultRule] = []
+        self._prompts_seen: set[str] = set()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.host = "127.0.0.1"
@@ -1448,7 +1518,8 @@ class MockProvider:
         return {"total": self._seq, "by_status": dict(self._status_counts)}
 
     def reset(self) -> None:
-        """Forget recorded requests, counters and fault rules."""
+        """Forget recorded requests, counters, fault rules and the prompt cache."""
+        self._prompts_seen.clear()
         self._records.clear()
         self._status_counts.clear()
         self._seq = 0
@@ -1483,6 +1554,17 @@ class MockProvider:
         transport = request.transport
         if transport is not None:
             transport.close()
+
+    def _cached_tokens(self, provider: str, prompt: Any, prompt_tokens: int) -> int:
+        """Automatic prompt caching as OpenAI and Gemini (2.5, implicit) do it: a prompt of at least 1024 tokens
+        sent again is served from the cache in 128-token steps (the answer's usage reports them)."""
+        if prompt_tokens < CACHE_MIN_TOKENS:
+            return 0
+        key = provider + _dumps(prompt)
+        if key not in self._prompts_seen:
+            self._prompts_seen.add(key)
+            return 0
+        return prompt_tokens - prompt_tokens % CACHE_STEP
 
     def _check_model(self, model: Any) -> bool:
         return self.models is None or model in self.models
@@ -1644,15 +1726,24 @@ class MockProvider:
                          tools=choose_tools(names, _oa_last_user_text(msgs), _oa_tool_choice(body)),
                          tool_prefix="call_")
         plans = [make_plan(self._pieces, **plan_args) for _ in range(body.get("n") or 1)]
+        cached = self._cached_tokens(OPENAI, [msgs, body.get("tools")], prompt)
+        for p in plans:
+            p.cached_tokens = cached
         headers = {"x-request-id": "req_" + _rid(), "openai-processing-ms": "1"}
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             events = openai_stream_events(model, plans, self.tokens_per_chunk, include_usage)
+            if azure:
+                events.insert(0, AZURE_PROMPT_FILTER_CHUNK)
             err = b"data: " + _dumps(_openai_error_body(status_error(OPENAI, OVERLOADED_STATUS[OPENAI]))).encode() \
                 + b"\n\n"
             return StreamBody(events, err, headers=headers)
-        return web.Response(text=_dumps(openai_completion(model, plans)), content_type="application/json",
-                            headers=headers)
+        completion = openai_completion(model, plans)
+        if azure:  # Azure's content-filter annotations (protocols.md §3.2)
+            completion["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": _AZURE_FILTERS}]
+            for c in completion["choices"]:
+                c["content_filter_results"] = _AZURE_FILTERS
+        return web.Response(text=_dumps(completion), content_type="application/json", headers=headers)
 
     # ---- Anthropic ------------------------------------------------------------------------------------------
 
@@ -1727,6 +1818,10 @@ class MockProvider:
                          tools=choose_tools(names, _gm_last_user_text(body, kinds), _gm_tool_choice(body)),
                          tool_prefix="")
         plans = [make_plan(self._pieces, **plan_args) for _ in range(_g(cfg, "candidateCount", "candidate_count") or 1)]
+        cached = self._cached_tokens(GEMINI, [body.get("systemInstruction"), body.get("contents"), body.get("tools")],
+                                     plan_args["prompt_tokens"])
+        for p in plans:
+            p.cached_tokens = cached
         if method == "generateContent":
             return web.Response(text=_dumps(gemini_response(model, plans)), content_type="application/json")
         chunks = [_dumps(c) for c in gemini_stream_chunks(model, plans, self.tokens_per_chunk)]
@@ -1777,6 +1872,13 @@ class MockProvider:
     async def _fallback(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and request.path.endswith("/chat/completions"):
             return await self._openai(request)
+        # Recorded too, so a test can see where a misrouted request went.
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = _BAD_JSON
+        self._finish(self._record(request, "unknown", body, raw), 404)
         return web.json_response({"error": {"message": f"Invalid URL ({request.method} {request.path})",
                                             "type": "invalid_request_error", "param": None, "code": None}},
                                  status=404)

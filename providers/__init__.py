@@ -6,7 +6,7 @@ Public API used by addon/:
 
     GatewayError(status, kind, message, *, param=None, code=None, retry_after=None)
     ingress_for_path(path) -> "openai" | "anthropic" | None
-    parse_request(ingress, body) -> CanonicalRequest            (.model, .stream, .ingress)
+    parse_request(ingress, body, headers=None) -> CanonicalRequest   (.model, .stream, .ingress)
     TargetSpec(provider, model, path=None, credentials=None, headers={}, api_version=None, max_tokens_default=None)
     UpstreamRequest(method, path, headers, body, stream)
     build_upstream_request(req, target) -> UpstreamRequest
@@ -93,7 +93,25 @@ def ingress_for_path(path: str) -> str | None:
     return None
 
 
-def parse_request(ingress: str, body: bytes) -> CanonicalRequest:
+# Client headers that carry request semantics and go on to a target of the client's own family.
+# (anthropic-beta switches features on: a same-family request is served from the client's body,
+# whose beta fields mean nothing upstream without the header.)
+FORWARDED_CLIENT_HEADERS = {"anthropic": ("anthropic-beta",)}
+
+
+def parse_request(ingress: str, body: bytes, headers: Mapping[str, str] | None = None) -> CanonicalRequest:
+    """`headers` are the client's request headers (optional): the ones in FORWARDED_CLIENT_HEADERS
+    are kept on the request and sent to same-family targets."""
+    req = _parse_request(ingress, body)
+    if headers:
+        wanted = FORWARDED_CLIENT_HEADERS.get(ingress, ())
+        for k, v in headers.items():
+            if k.lower() in wanted:
+                req.client_headers[k.lower()] = v
+    return req
+
+
+def _parse_request(ingress: str, body: bytes) -> CanonicalRequest:
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
@@ -177,6 +195,8 @@ def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> Upstrea
     headers.update(_auth_headers(provider, target.credentials))
     if provider == "anthropic":
         headers["anthropic-version"] = ANTHROPIC_VERSION
+    if family == req.ingress:
+        headers.update(req.client_headers)
     for k, v in (target.headers or {}).items():
         if provider == "anthropic" and k.lower() == "anthropic-version":
             headers.pop("anthropic-version", None)
@@ -232,7 +252,8 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
         elif family == "anthropic":
             resp = _anthropic.parse_response(obj)
         else:
-            resp = _gemini.parse_response(obj, new_id)
+            resp = _gemini.parse_response(obj, new_id, req.tool_names,
+                                          single_call=req.parallel_tool_calls is False)
     except (TypeError, AttributeError, KeyError, ValueError, IndexError):
         raise GatewayError(502, "api_error", f"{provider} returned a response of an unexpected shape") from None
     if family == "gemini" and req.model and not resp.model:
@@ -284,5 +305,6 @@ def open_stream(req: CanonicalRequest, provider: str, *, now: Callable[[], float
     elif family == "anthropic":
         source = _anthropic.AnthropicSource(sink)
     else:
-        source = _gemini.GeminiSource(sink, new_id, req.model)
+        source = _gemini.GeminiSource(sink, new_id, req.model, req.tool_names,
+                                      single_call=req.parallel_tool_calls is False)
     return StreamTranslator(source, sink)

@@ -179,7 +179,11 @@ def build_body(req: CanonicalRequest, model: str, max_tokens_default: int | None
             messages[-1]["content"].extend(blocks)
         else:
             messages.append({"role": m.role, "content": blocks})
-    if messages and messages[-1]["role"] == "assistant":
+    if not messages or messages[0]["role"] != "user":
+        # Anthropic wants the conversation to open with a user turn (OpenAI clients may open with an
+        # assistant greeting, or send only a system message): a minimal placeholder turn, as LiteLLM does.
+        messages.insert(0, {"role": "user", "content": [{"type": "text", "text": "."}]})
+    if messages[-1]["role"] == "assistant":
         last = messages[-1]["content"][-1]
         if last.get("type") == "text":  # a prefill must not end in whitespace
             last["text"] = last["text"].rstrip() or "."

@@ -122,6 +122,8 @@ class CanonicalRequest:
     legacy_functions: bool = False
     # Shortened tool name → original, filled when a target limits names (see openai.short_name).
     tool_names: dict = field(default_factory=dict)
+    # Client headers forwarded to a same-family target (anthropic-beta), lower-cased names.
+    client_headers: dict = field(default_factory=dict)
     # The parsed client body: same-family targets are served from it so that nothing the client sent
     # (cache_control, thinking, logprobs, ...) is lost on a path that needs no translation.
     raw: dict = field(default_factory=dict)
@@ -210,7 +212,12 @@ def split_data_url(url: str) -> Optional[tuple[str, str]]:
     head, sep, data = url[5:].partition(",")
     if not sep or not head.endswith(";base64"):
         return None
-    return head[:-7] or "application/octet-stream", data
+    media_type = head[:-7].strip().lower() or "application/octet-stream"
+    # "image/jpg" is a common client spelling that Anthropic's media_type enum rejects.
+    return _MEDIA_ALIASES.get(media_type, media_type), data
+
+
+_MEDIA_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 
 
 def media_kind(media_type: str | None) -> str:

@@ -112,8 +112,11 @@ def parse_error_body(status: int, body: bytes | str | Mapping | None) -> Gateway
                         utype == "INVALID_ARGUMENT" and isinstance(message, str)
                         and "API key not valid" in message):
                     kind, status = "authentication", 401
-                if kind == "rate_limit" and status != 429:
-                    kind = kind_for_status(status)
+                by_status = kind_for_status(status)
+                if kind != by_status and (kind == "rate_limit" or by_status not in ("invalid_request", "api_error")):
+                    # The HTTP status names a specific kind (413, 429, 504...): it wins over a generic
+                    # gRPC status string, so the client's error type agrees with the status it gets.
+                    kind = by_status
             else:
                 utype = err.get("type") if isinstance(err.get("type"), str) else None
                 code = err.get("code") if isinstance(err.get("code"), str) else None

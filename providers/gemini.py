@@ -2,7 +2,9 @@
 parsing and the stream source. Gemini is never an ingress format, so there is no sink here."""
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from typing import Any
 
 from .canonical import (
@@ -25,19 +27,46 @@ _SCHEMA_KEYS = frozenset((
 ))
 
 
-def clean_schema(schema: Any) -> Any:
+def clean_schema(schema: Any, _root: Any = None, _refs: tuple = ()) -> Any:
+    """A JSON schema → Gemini's Schema subset. `$ref`s into `$defs`/`definitions` (what pydantic and the
+    openai SDK's pydantic tools produce for nested models) are inlined, since Gemini has no references;
+    a recursive reference becomes a bare object. `anyOf` with a `null` branch becomes `nullable`, and
+    `const` becomes a one-value `enum`."""
     if isinstance(schema, list):
-        return [clean_schema(s) for s in schema]
+        return [clean_schema(s, _root, _refs) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {}
+    root = schema if _root is None else _root
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        target = _lookup_ref(root, ref)
+        if target is None or ref in _refs:
+            resolved: dict = {"type": "object"}
+        else:
+            resolved = clean_schema(target, root, _refs + (ref,))
+        siblings = clean_schema({k: v for k, v in schema.items() if k != "$ref"}, root, _refs)
+        return {**resolved, **siblings}
+    out: dict[str, Any] = {}
     for k, v in schema.items():
+        if k == "const":
+            if isinstance(v, str) and "enum" not in schema:
+                out["enum"] = [v]
+            continue
         if k not in _SCHEMA_KEYS:
             continue
         if k == "properties" and isinstance(v, dict):
-            out[k] = {name: clean_schema(s) for name, s in v.items()}
-        elif k in ("items", "anyOf"):
-            out[k] = clean_schema(v)
+            out[k] = {name: clean_schema(s, root, _refs) for name, s in v.items()}
+        elif k == "anyOf" and isinstance(v, list):
+            branches = [b for b in v if not (isinstance(b, dict) and b.get("type") == "null")]
+            if len(branches) < len(v):
+                out["nullable"] = True
+            if len(branches) == 1:
+                for bk, bv in clean_schema(branches[0], root, _refs).items():
+                    out.setdefault(bk, bv)
+            elif branches:
+                out[k] = clean_schema(branches, root, _refs)
+        elif k == "items":
+            out[k] = clean_schema(v, root, _refs)
         elif k == "type" and isinstance(v, list):  # ["string","null"] → nullable string
             types = [t for t in v if t != "null"]
             out[k] = types[0] if types else "string"
@@ -46,6 +75,19 @@ def clean_schema(schema: Any) -> Any:
         else:
             out[k] = v
     return out
+
+
+def _lookup_ref(root: Any, ref: str) -> Any:
+    """'#/$defs/Name' (or any local JSON pointer) inside `root`; None when it cannot be followed."""
+    if not ref.startswith("#/"):
+        return None
+    node = root
+    for token in ref[2:].split("/"):
+        token = token.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or token not in node:
+            return None
+        node = node[token]
+    return node if isinstance(node, dict) else None
 
 
 # A fixed table instead of the mimetypes module, which reads the system's mime.types files (I/O).
@@ -60,7 +102,23 @@ def _mime_for(url: str, kind: str) -> str:
     return _EXT_MIME.get(ext) or ("image/jpeg" if kind == "image" else "application/pdf")
 
 
-def _parts(parts: list) -> list[dict]:
+# FunctionDeclaration.name: letters, digits, underscores, dots, colons and dashes, starting with a letter or an
+# underscore, at most 64 characters. Anthropic allows 128 characters.
+_GM_NAME_OK = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.:-]{0,63}$")
+
+
+def gemini_name(name: str, names: dict) -> str:
+    """A tool name Gemini accepts: valid names are kept, others become a stable prefix + hash recorded in
+    `names` (short → original) so that answers and streams carry the client's name back."""
+    if _GM_NAME_OK.match(name):
+        return name
+    short = "_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)[:54] + "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    names[short] = name
+    return short
+
+
+def _parts(parts: list, names: dict | None = None) -> list[dict]:
+    names = {} if names is None else names
     out: list[dict] = []
     for p in parts:
         if isinstance(p, (TextPart, RefusalPart)):
@@ -72,12 +130,14 @@ def _parts(parts: list) -> list[dict]:
             else:
                 out.append({"inlineData": {"mimeType": p.media_type, "data": p.data}})
         elif isinstance(p, ToolCallPart):
-            out.append({"functionCall": {"name": p.name, "args": p.input}})
+            out.append({"functionCall": {"name": gemini_name(p.name, names), "args": p.input}})
         elif isinstance(p, ToolResultPart):
             if not p.name:
                 raise invalid(f"tool result '{p.tool_call_id}' has no matching tool call; "
                               "gemini needs the function name", param="messages")
-            out.append({"functionResponse": {"name": p.name, "response": {"content": p.text}}})
+            # Gemini reads an "error" key as the function's failure (Anthropic's is_error).
+            response = {"error": p.text} if p.is_error else {"content": p.text}
+            out.append({"functionResponse": {"name": gemini_name(p.name, names), "response": response}})
             out.extend(_parts([c for c in p.content if isinstance(c, MediaPart)]))
         elif isinstance(p, tuple):
             raise invalid(f"content of type '{p[1]}' cannot be sent to a gemini target", param="messages")
@@ -93,7 +153,7 @@ def build_body(req: CanonicalRequest) -> dict:
         body["systemInstruction"] = {"parts": [{"text": t} for t in system]}
     contents = []
     for m in req.messages:
-        parts = _parts(m.parts)
+        parts = _parts(m.parts, req.tool_names)
         if not parts:
             continue
         role = "model" if m.role == "assistant" else "user"
@@ -101,6 +161,9 @@ def build_body(req: CanonicalRequest) -> dict:
             contents[-1]["parts"].extend(parts)
         else:
             contents.append({"role": role, "parts": parts})
+    if not contents:
+        # A system-only request (valid for OpenAI): Gemini needs at least one turn.
+        contents.append({"role": "user", "parts": [{"text": "."}]})
     body["contents"] = contents
     gc: dict[str, Any] = {}
     if req.max_tokens is not None:
@@ -130,7 +193,7 @@ def build_body(req: CanonicalRequest) -> dict:
     if req.tools:
         decls = []
         for t in req.tools:
-            d: dict[str, Any] = {"name": t.name}
+            d: dict[str, Any] = {"name": gemini_name(t.name, req.tool_names)}
             if t.description:
                 d["description"] = t.description
             if isinstance(t.parameters, dict) and t.parameters.get("properties"):
@@ -141,7 +204,7 @@ def build_body(req: CanonicalRequest) -> dict:
         if tc is not None:
             fcc: dict[str, Any] = {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY", "tool": "ANY"}[tc.mode]}
             if tc.mode == "tool":
-                fcc["allowedFunctionNames"] = [tc.name]
+                fcc["allowedFunctionNames"] = [gemini_name(tc.name or "", req.tool_names)]
             body["toolConfig"] = {"functionCallingConfig": fcc}
     return body
 
@@ -161,7 +224,11 @@ def _finish(reason: str | None, has_calls: bool) -> str:
     return "tool_calls" if has_calls and out == "stop" else out
 
 
-def parse_response(obj: Any, new_id: IdFactory) -> CanonicalResponse:
+def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None,
+                   single_call: bool = False) -> CanonicalResponse:
+    """`single_call`: the client disabled parallel tool calls, which Gemini cannot be told; only the first
+    function call of the answer is kept."""
+    names = names or {}
     if isinstance(obj, list):  # the non-SSE stream endpoint answers with an array of responses
         obj = obj[-1] if obj else {}
     if not isinstance(obj, dict):
@@ -182,9 +249,12 @@ def parse_response(obj: Any, new_id: IdFactory) -> CanonicalResponse:
                 else:
                     parts.append(TextPart(p["text"]))
             elif isinstance(p.get("functionCall"), dict):
+                if single_call and any(isinstance(q, ToolCallPart) for q in parts):
+                    continue
                 fc = p["functionCall"]
                 args = fc.get("args")
-                parts.append(ToolCallPart(fc.get("id") or new_id("call"), str(fc.get("name") or ""),
+                name = str(fc.get("name") or "")
+                parts.append(ToolCallPart(fc.get("id") or new_id("call"), names.get(name, name),
                                           arguments_obj=args if isinstance(args, dict) else {}))
         reason = c.get("finishReason")
     elif (obj.get("promptFeedback") or {}).get("blockReason"):
@@ -201,8 +271,11 @@ class GeminiSource(Source):
     """Each SSE data line is a whole GenerateContentResponse with only the new parts (§3.1).
     Function calls arrive whole: tool_start + one tool_args with the serialised arguments."""
 
-    def __init__(self, sink: Sink, new_id: IdFactory, model: str | None) -> None:
+    def __init__(self, sink: Sink, new_id: IdFactory, model: str | None, names: dict | None = None,
+                 single_call: bool = False) -> None:
         super().__init__(sink)
+        self._names = names or {}
+        self._single_call = single_call
         self._new_id = new_id
         self._model = model or ""
         self._started = False
@@ -244,9 +317,12 @@ class GeminiSource(Source):
                 if isinstance(p.get("text"), str):
                     sink.text(p["text"])
                 elif isinstance(p.get("functionCall"), dict):
+                    if self._single_call and self._tools:
+                        continue  # parallel calls were disabled by the client (see parse_response)
                     fc = p["functionCall"]
                     args = fc.get("args")
-                    sink.tool_start(self._tools, fc.get("id") or self._new_id("call"), str(fc.get("name") or ""))
+                    name = str(fc.get("name") or "")
+                    sink.tool_start(self._tools, fc.get("id") or self._new_id("call"), self._names.get(name, name))
                     sink.tool_args(self._tools, json.dumps(args if isinstance(args, dict) else {},
                                                            ensure_ascii=False, separators=(",", ":")))
                     self._tools += 1

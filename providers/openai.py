@@ -666,6 +666,10 @@ def _stream_error(err: Any) -> GatewayError:
             kind = "api_error"
         elif etype in ("rate_limit_exceeded", "requests", "tokens"):
             kind = "rate_limit"
+        elif etype == "service_unavailable_error":
+            kind = "unavailable"
+        elif etype == "timeout_error":
+            kind = "timeout"
         return GatewayError(None, kind, msg, code=err.get("code") if isinstance(err.get("code"), str) else None,
                             upstream_type=etype)
     return GatewayError(None, "api_error", str(err))

@@ -43,7 +43,8 @@ def test_control_endpoints(oa, mock):
         assert c.get("/_mock/stats").json()["total"] == 0
         assert c.get("/healthz").json() == {"status": "ok", "name": "a"}
         assert c.post("/v2/unknown").status_code == 404
-    assert mock.requests() == []  # control calls and health checks are not recorded
+    # Control calls and health checks are not recorded; a request to an unknown route is (to spot misrouting).
+    assert [(r["path"], r["status"]) for r in mock.requests()] == [("/v2/unknown", 404)]
 
 
 def test_model_lists(mock):

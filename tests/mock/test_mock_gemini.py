@@ -120,3 +120,45 @@ async def test_snake_case_fields_accepted(amock):
                            {"contents": CONTENTS, "generation_config": {"max_output_tokens": 5},
                             "system_instruction": {"parts": [{"text": "s"}]}})
     assert st == 200
+
+
+def test_schema_keywords_outside_gemini_subset_are_refused(mock):
+    import httpx2
+    url = f"{mock.base_url}/v1beta/models/gemini-2.0-flash:generateContent"
+    base = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    bad_params = {"type": "object", "properties": {"loc": {"$ref": "#/$defs/Loc"}}, "$defs": {"Loc": {"type": "string"}}}
+    with httpx2.Client() as c:
+        for body in ({**base, "tools": [{"functionDeclarations": [{"name": "f", "parameters": bad_params}]}]},
+                     {**base, "generationConfig": {"responseMimeType": "application/json", "responseSchema": {
+                         "type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}}}):
+            r = c.post(url, headers={"x-goog-api-key": KEY}, json=body)
+            assert r.status_code == 400 and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+            assert "Cannot find field" in r.json()["error"]["message"]
+        ok = {**base, "generationConfig": {"responseMimeType": "application/json", "responseSchema": {
+            "type": "OBJECT", "properties": {"a": {"type": "string", "nullable": True}}, "required": ["a"]}}}
+        assert c.post(url, headers={"x-goog-api-key": KEY}, json=ok).status_code == 200
+
+
+def test_function_names_outside_gemini_rules_are_refused(mock):
+    import httpx2
+    url = f"{mock.base_url}/v1beta/models/gemini-2.0-flash:generateContent"
+    base = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    with httpx2.Client() as c:
+        for name in ("x" * 65, "1abc", "has space"):
+            r = c.post(url, headers={"x-goog-api-key": KEY},
+                       json={**base, "tools": [{"functionDeclarations": [{"name": name}]}]})
+            assert r.status_code == 400 and "Invalid function name" in r.json()["error"]["message"]
+        r = c.post(url, headers={"x-goog-api-key": KEY},
+                   json={**base, "tools": [{"functionDeclarations": [{"name": "_ns.tool:v1-x"}]}]})
+        assert r.status_code == 200
+
+
+def test_automatic_prompt_caching(mock):
+    import httpx2
+    url = f"{mock.base_url}/v1beta/models/gemini-2.0-flash:generateContent"
+    body = {"contents": [{"role": "user", "parts": [{"text": "word " * 1000}]}]}
+    with httpx2.Client() as c:
+        first = c.post(url, headers={"x-goog-api-key": KEY}, json=body).json()["usageMetadata"]
+        again = c.post(url, headers={"x-goog-api-key": KEY}, json=body).json()["usageMetadata"]
+    assert "cachedContentTokenCount" not in first
+    assert again["cachedContentTokenCount"] == 1152 and again["promptTokenCount"] == 1250

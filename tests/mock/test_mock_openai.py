@@ -211,3 +211,30 @@ def test_invalid_json_body(mock):
                    headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
     assert r.status_code == 400 and "could not parse the JSON body" in r.json()["error"]["message"]
     assert mock.requests()[-1]["raw"] == "{nope"
+
+
+def test_azure_content_filter_shapes(mock):
+    az = AzureOpenAI(azure_endpoint=mock.base_url, api_key=KEY, api_version="2024-10-21", max_retries=0,
+                     _strict_response_validation=True)
+    raw = az.chat.completions.with_raw_response.create(model="my-deploy", messages=USER)
+    body = json.loads(raw.http_response.text)
+    assert body["prompt_filter_results"][0]["prompt_index"] == 0
+    assert "content_filter_results" in body["choices"][0]
+    assert raw.parse().choices[0].message.content == "Hello from a"
+    # (object "" fails strict validation: a gateway must drop this chunk before a strict client sees it)
+    lax = AzureOpenAI(azure_endpoint=mock.base_url, api_key=KEY, api_version="2024-10-21", max_retries=0)
+    chunks = list(lax.chat.completions.create(model="my-deploy", messages=USER, stream=True))
+    assert chunks[0].choices == [] and chunks[0].id == ""
+    assert "".join(c.choices[0].delta.content or "" for c in chunks[1:]) == "Hello from a"
+
+
+def test_automatic_prompt_caching(mock):
+    c = OpenAI(base_url=f"{mock.base_url}/v1", api_key=KEY, max_retries=0, _strict_response_validation=True)
+    long = [{"role": "user", "content": "word " * 1000}]  # 5000 chars → 1250 tokens
+    first = c.chat.completions.create(model="m", messages=long)
+    assert first.usage.prompt_tokens == 1250 and first.usage.prompt_tokens_details.cached_tokens == 0
+    again = c.chat.completions.create(model="m", messages=long)
+    assert again.usage.prompt_tokens == 1250 and again.usage.prompt_tokens_details.cached_tokens == 1152
+    short = [{"role": "user", "content": "hi"}]
+    c.chat.completions.create(model="m", messages=short)
+    assert c.chat.completions.create(model="m", messages=short).usage.prompt_tokens_details.cached_tokens == 0

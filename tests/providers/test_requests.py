@@ -313,6 +313,41 @@ def test_gemini_tools_results_schema_and_json_mode():
         up("openai", {**body, "n": 2}, "gemini")
 
 
+def test_gemini_schema_refs_inlined_and_null_branches_nullable():
+    from providers.gemini import clean_schema
+    schema = {"$defs": {"Loc": {"type": "object", "additionalProperties": False, "title": "Loc",
+                                "properties": {"city": {"type": "string"},
+                                               "country": {"anyOf": [{"type": "string"}, {"type": "null"}],
+                                                           "title": "Country"}},
+                                "required": ["city", "country"]},
+                        "Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+              "type": "object", "title": "Q",
+              "properties": {"where": {"$ref": "#/$defs/Loc", "description": "place"},
+                             "also": {"type": "array", "items": {"$ref": "#/$defs/Loc"}},
+                             "kind": {"const": "fixed"},
+                             "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                             "tree": {"$ref": "#/$defs/Node"},
+                             "dangling": {"$ref": "#/$defs/Missing"}},
+              "required": ["where"]}
+    loc = {"type": "object", "title": "Loc", "properties": {
+        "city": {"type": "string"}, "country": {"nullable": True, "type": "string", "title": "Country"}},
+        "required": ["city", "country"]}
+    out = clean_schema(schema)
+    assert out["properties"]["where"] == {**loc, "description": "place"}
+    assert out["properties"]["also"] == {"type": "array", "items": loc}
+    assert out["properties"]["kind"] == {"enum": ["fixed"]}
+    assert out["properties"]["either"] == {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+    # a recursive reference cannot be inlined forever: the second level becomes a bare object
+    assert out["properties"]["tree"] == {"type": "object", "properties": {"next": {"type": "object"}}}
+    assert out["properties"]["dangling"] == {"type": "object"}
+    assert "$defs" not in out and out["required"] == ["where"]
+    # the same through a request: OpenAI pydantic tool → Gemini declaration
+    body = {"model": "g", "messages": [{"role": "user", "content": "q"}],
+            "tools": [{"type": "function", "function": {"name": "f", "strict": True, "parameters": schema}}]}
+    decl = up("openai", body, "gemini")[1]["tools"][0]["functionDeclarations"][0]
+    assert decl["parameters"]["properties"]["where"]["properties"]["city"] == {"type": "string"}
+
+
 def test_gemini_tool_result_without_call_is_a_400():
     body = {"model": "g", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "zz", "content": "r"}]}
     with pytest.raises(GatewayError) as e:
@@ -476,3 +511,94 @@ def test_malformed_requests_are_400_never_500(ingress, patch):
             P.build_upstream_request(req, TargetSpec(provider, None))
         except GatewayError as e:
             assert e.status == 400
+
+
+def test_anthropic_beta_header_goes_to_anthropic_targets_only():
+    body = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    hdrs = {"Anthropic-Beta": "token-efficient-tools-2025-02-19", "X-Api-Key": "client-key", "User-Agent": "x"}
+    req = P.parse_request("anthropic", body, headers=hdrs)
+    u = P.build_upstream_request(req, TargetSpec("anthropic", "c", credentials={"api_key": "k"}))
+    assert u.headers["anthropic-beta"] == "token-efficient-tools-2025-02-19"
+    assert u.headers["x-api-key"] == "k" and "user-agent" not in u.headers
+    for provider in ("openai", "gemini"):
+        u = P.build_upstream_request(req, TargetSpec(provider, "x"))
+        assert "anthropic-beta" not in u.headers
+    # OpenAI-format clients have no beta header to forward; the target's own headers still win.
+    u = P.build_upstream_request(req, TargetSpec("anthropic", "c", headers={"anthropic-beta": "mine"}))
+    assert u.headers["anthropic-beta"] == "mine"
+    assert P.parse_request("anthropic", body).client_headers == {}
+
+
+def test_gemini_long_tool_names_shortened_and_mapped_back():
+    long = "lookup_the_current_weather_conditions_for_a_given_city_name_in_the_world_now"
+    body = {"model": "m", "max_tokens": 10, "tools": [{"name": long, "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": long},
+            "messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": long, "input": {}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "r"}]}]}
+    req = P.parse_request("anthropic", json.dumps(body).encode())
+    out = json.loads(P.build_upstream_request(req, TargetSpec("gemini", "g")).body)
+    short = out["tools"][0]["functionDeclarations"][0]["name"]
+    assert len(short) <= 64 and short != long and short[0] == "_"
+    assert out["contents"][1]["parts"][0]["functionCall"]["name"] == short
+    assert out["contents"][2]["parts"][0]["functionResponse"]["name"] == short
+    assert out["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"] == [short]
+    answer = {"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": short, "args": {}}}]},
+                              "finishReason": "STOP"}]}
+    reply = P.translate_response(req, "gemini", 200, {}, json.dumps(answer).encode())
+    assert json.loads(reply.body)["content"][0]["name"] == long
+    st = P.open_stream(req, "gemini")
+    events = st.feed(b"data: " + json.dumps(answer).encode() + b"\r\n\r\n") + st.finish()
+    assert f'"name":"{long}"'.encode() in events
+    # valid names are left alone
+    from providers.gemini import gemini_name
+    assert gemini_name("get_weather", {}) == "get_weather" and gemini_name("ns.tool:v1-x", {}) == "ns.tool:v1-x"
+    assert gemini_name("9lives", {})[0] == "_"
+
+
+def test_gemini_tool_result_is_error_uses_the_error_key():
+    body = {"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "q"},
+                         {"role": "assistant", "content": [
+                             {"type": "tool_use", "id": "t1", "name": "f", "input": {}},
+                             {"type": "tool_use", "id": "t2", "name": "f", "input": {}}]},
+                         {"role": "user", "content": [
+                             {"type": "tool_result", "tool_use_id": "t1", "content": "boom", "is_error": True},
+                             {"type": "tool_result", "tool_use_id": "t2", "content": [{"type": "text", "text": "ok"}]}]}]}
+    out = up("anthropic", body, "gemini")[1]
+    assert [p["functionResponse"]["response"] for p in out["contents"][2]["parts"]] == [{"error": "boom"},
+                                                                                       {"content": "ok"}]
+
+
+def test_data_url_media_type_normalised_for_anthropic():
+    body = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/JPG;base64,AAAA"}}]}]}
+    out = up("openai", body, "anthropic")[1]
+    assert out["messages"][0]["content"][0]["source"] == {"type": "base64", "media_type": "image/jpeg", "data": "AAAA"}
+
+
+def test_anthropic_conversation_opens_with_a_user_turn():
+    body = {"model": "m", "messages": [{"role": "system", "content": "s"},
+                                       {"role": "assistant", "content": "Hi, how can I help?"},
+                                       {"role": "user", "content": "x"}]}
+    out = up("openai", body, "anthropic")[1]
+    assert out["messages"][0] == {"role": "user", "content": [{"type": "text", "text": "."}]}
+    assert out["messages"][1] == {"role": "assistant", "content": [{"type": "text", "text": "Hi, how can I help?"}]}
+    assert out["system"] == [{"type": "text", "text": "s"}]
+    # an empty first user message is dropped (Anthropic rejects empty text), then the placeholder opens
+    body = {"model": "m", "messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"},
+                                       {"role": "user", "content": "x"}]}
+    assert up("openai", body, "anthropic")[1]["messages"][0]["role"] == "user"
+    # a system-only request still has one (placeholder) user turn
+    body = {"model": "m", "messages": [{"role": "system", "content": "Say hi."}]}
+    assert up("openai", body, "anthropic")[1]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "."}]}]
+    # a normal conversation is untouched
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    assert up("openai", body, "anthropic")[1]["messages"] == [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+
+
+def test_gemini_system_only_request_gets_a_turn():
+    body = {"model": "m", "messages": [{"role": "system", "content": "Say hi."}]}
+    out = up("openai", body, "gemini")[1]
+    assert out["systemInstruction"] == {"parts": [{"text": "Say hi."}]}
+    assert out["contents"] == [{"role": "user", "parts": [{"text": "."}]}]

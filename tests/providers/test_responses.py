@@ -295,3 +295,39 @@ def test_odd_2xx_bodies_give_502_or_a_valid_answer(body, provider):
             assert e.status == 502
             continue
         assert reply.status == 200
+
+
+@pytest.mark.parametrize("status,gstatus,kind_type", [
+    (413, "FAILED_PRECONDITION", "request_too_large"),   # the HTTP status is specific: it wins
+    (504, "INTERNAL", "api_error"),
+    (529, "UNAVAILABLE", "overloaded_error"),
+    (400, "FAILED_PRECONDITION", "invalid_request_error"),
+    (400, "RESOURCE_EXHAUSTED", "invalid_request_error"),  # not a 429: no rate-limit type without the status
+    (503, "UNAVAILABLE", "overloaded_error"),
+    (404, "NOT_FOUND", "not_found_error"),
+])
+def test_gemini_error_kind_agrees_with_http_status(status, gstatus, kind_type):
+    body = {"error": {"code": status, "message": "m", "status": gstatus}}
+    reply = tr(AN_REQ, "gemini", body, status)
+    obj = json.loads(reply.body)
+    assert reply.status == status and obj["error"]["type"] == kind_type
+
+
+def test_gemini_parallel_calls_trimmed_when_client_disabled_them():
+    body = {"model": "m", "max_tokens": 10, "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+            "messages": [{"role": "user", "content": "q"}]}
+    answer = {"candidates": [{"content": {"role": "model", "parts": [
+        {"functionCall": {"name": "f", "args": {"a": 1}}}, {"functionCall": {"name": "f", "args": {"a": 2}}}]},
+        "finishReason": "STOP"}], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}
+    raw = json.dumps(answer).encode()
+    for disable, n in ((True, 1), (False, 2)):
+        b = json.loads(json.dumps(body))
+        b["tool_choice"]["disable_parallel_tool_use"] = disable
+        req = P.parse_request("anthropic", json.dumps(b).encode())
+        msg = json.loads(P.translate_response(req, "gemini", 200, {}, raw).body)
+        assert [c["input"] for c in msg["content"]] == [{"a": 1}, {"a": 2}][:n]
+        assert msg["stop_reason"] == "tool_use"
+        st = P.open_stream(req, "gemini")
+        out = st.feed(b"data: " + raw + b"\r\n\r\n") + st.finish()
+        assert out.count(b"event: content_block_start") == n

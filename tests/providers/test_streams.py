@@ -228,6 +228,19 @@ def test_upstream_error_before_content_is_not_committed():
     assert read_anthropic_stream(out, expect_error=True).error["error"] == {"type": "api_error", "message": "boom"}
 
 
+@pytest.mark.parametrize("etype,kind,status,an_type", [
+    ("service_unavailable_error", "unavailable", 503, "overloaded_error"),
+    ("timeout_error", "timeout", 504, "api_error"),
+    ("requests", "rate_limit", 429, "rate_limit_error"),
+    ("server_error", "api_error", 500, "api_error"),
+])
+def test_openai_stream_error_types_keep_their_kind(etype, kind, status, an_type):
+    raw = b'data: {"error":{"message":"busy","type":"' + etype.encode() + b'"}}\n\n'
+    t, out = run(AN_REQ, "openai", raw)
+    assert t.upstream_error.kind == kind and t.upstream_error.status == status
+    assert read_anthropic_stream(out, expect_error=True).error["error"]["type"] == an_type
+
+
 def test_tv10_openai_cut_mid_stream_to_anthropic():
     raw = (FIX / "openai-sdk/text.sse").read_bytes()
     cut = raw[: len(raw) // 2]
