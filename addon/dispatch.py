@@ -104,6 +104,20 @@ def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
     return headers
 
 
+def _drain_arrived(resp: Any, translator: Any, buf: bytearray) -> bool:
+    """Translate what the provider already sent, without waiting for more; True when that completed the stream
+    cleanly (terminal event seen, no error event)."""
+    while not translator.done:
+        try:
+            data = resp.content.read_nowait()
+        except Exception:  # a broken connection is the relay's to report, after the content so far
+            return False
+        if not data:
+            return False
+        buf += translator.feed(data)
+    return translator.upstream_error is None
+
+
 class Dispatcher:
     def __init__(self, live: LiveConfig, client: UpstreamClient, relay: Relay, settings: Settings) -> None:
         self.live = live
@@ -367,9 +381,16 @@ class Dispatcher:
             reason = classify_status(err.status) or "5xx"
             return Outcome("failure", reason=reason, status=0, error=err, retry_after=err.retry_after)
         if translator.committed:
+            ttfb = time.perf_counter() - sent_at
+            if _drain_arrived(resp, translator, buf):
+                # The provider had already sent the whole stream: it goes out in one piece, without the relay
+                # hop. Nothing waits for it — every event is delivered as early as with the relay.
+                resp.release()
+                buf += translator.finish()
+                return Outcome("response", status=status, headers={"content-type": "text/event-stream"},
+                               body=bytes(buf), ttfb=ttfb, reason="stream_complete")
             return Outcome("stream", status=status, headers=rheaders, response=resp, translator=translator,
-                           buffered=bytes(buf), ttfb=time.perf_counter() - sent_at,
-                           idle_timeout=attempt.idle_timeout)
+                           buffered=bytes(buf), ttfb=ttfb, idle_timeout=attempt.idle_timeout)
         # Ended before any content (an empty answer): deliver it whole — or fail over if it was cut.
         if not eof:
             try:

@@ -31,7 +31,8 @@ class LiveConfig:
         self.health = HealthBoard()
         self.poll_interval = poll_interval
         self.publish_interval = publish_interval
-        self._balancers: dict[str, tuple[tuple, Balancer]] = {}
+        # upstream id → (config signature, balancer, the snapshot object it was last checked against)
+        self._balancers: dict[str, tuple[tuple, Balancer, Any]] = {}
         self._policies: dict[str, tuple[Any, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
         self._tasks: list[asyncio.Task] = []
 
@@ -113,10 +114,13 @@ class LiveConfig:
         return cached[1]
 
     def balancer(self, upstream: Any) -> Balancer:
+        cached = self._balancers.get(upstream.id)
+        if cached is not None and cached[2] is upstream:  # same snapshot object: nothing can have changed
+            return cached[1]
         signature = (upstream.algorithm, getattr(getattr(upstream, "sticky", None), "ttl", None),
                      tuple((t.id, t.weight, t.priority) for t in upstream.targets))
-        cached = self._balancers.get(upstream.id)
         if cached is not None and cached[0] == signature:
+            self._balancers[upstream.id] = (signature, cached[1], upstream)
             return cached[1]
         sticky = getattr(upstream, "sticky", None)
         ttl = float(getattr(sticky, "ttl", 300) or 300)
@@ -124,7 +128,7 @@ class LiveConfig:
         if cached is not None:
             # Keep rotation counters and sticky pins of targets that are still there.
             balancer.inherit(cached[1])
-        self._balancers[upstream.id] = (signature, balancer)
+        self._balancers[upstream.id] = (signature, balancer, upstream)
         return balancer
 
     def plan(self, upstream: Any, sticky_key: str | None = None) -> tuple[list[Any], bool]:

@@ -164,6 +164,8 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
+    p.add_argument("--chunk-delay", type=float, default=0.0,
+                   help="seconds the mock waits between stream events (0: the whole stream at once)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--failover-cost", action="store_true",
                    help="also measure requests that fail over once (first target refuses connections)")
@@ -175,7 +177,7 @@ def main() -> int:
     procs = []
     try:
         mock = start([sys.executable, "-m", "aigw.mock_provider", "--port", str(mock_port), "--api-key", "sk-bench",
-                      "--name", "bench"], tmp / "mock.log")
+                      "--name", "bench", "--chunk-delay", str(args.chunk_delay)], tmp / "mock.log")
         procs.append(mock)
         wait_port(mock_port)
         data = tmp / "aigw.json"
@@ -205,7 +207,8 @@ def main() -> int:
         b["rss_kb"] = rss_kb(gw.pid)
         ratio = b["rps"] / a["rps"] if a["rps"] else 0.0
         result = {"bare_mitmdump": a, "gateway": b, "ratio_rps_b_over_a": round(ratio, 3),
-                  "concurrency": args.concurrency, "duration_s": args.duration, "stream": args.stream}
+                  "concurrency": args.concurrency, "duration_s": args.duration, "stream": args.stream,
+                  "chunk_delay_s": args.chunk_delay}
         if args.failover_cost:
             fkey = configure_gateway(data, mock_port, subdomain="failover", failing_port=free_port())
             time.sleep(1.0)  # the proxy picks the new configuration up within a second
@@ -219,7 +222,7 @@ def main() -> int:
                 print(f"{name:20s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
                       f"errors {r['errors']}  peak RSS {r['rss_kb'] / 1024:.0f} MiB")
             print(f"ratio b/a (req/s): {ratio:.3f}   (concurrency {args.concurrency}, {args.duration:.0f} s, "
-                  f"{'stream' if args.stream else 'non-stream'})")
+                  f"{'stream' if args.stream else 'non-stream'}{f', {args.chunk_delay * 1000:g} ms between events' if args.chunk_delay else ''})")
             if "gateway_with_one_failover" in result:
                 c = result["gateway_with_one_failover"]
                 print(f"{'(c) one failover':20s} {c['rps']:8.1f} req/s  p50 {c['p50_ms']:7.2f} ms  "

@@ -26,8 +26,10 @@ KEYS = {"openai": "sk-openai-test", "anthropic": "sk-ant-test", "gemini": "gm-te
 
 @pytest.fixture
 def served_by(admin, subdomain, mock_factory):
-    def make(provider: str):
-        mock = mock_factory(f"{provider}-mock", KEYS[provider])
+    def make(provider: str, stream: bool = False):
+        # Streams are paced (5 ms between events) like a real provider's, so they go through the relay; an
+        # unpaced stream that is complete on arrival is answered in one piece (covered in test_dataplane).
+        mock = mock_factory(f"{provider}-mock", KEYS[provider], chunk_delay=0.005 if stream else 0.0)
         cfg = admin.guide_setup([TARGETS[provider](mock.port, weight=1)], subdomain=subdomain)
         return mock, cfg["key"]
     return make
@@ -37,7 +39,7 @@ def served_by(admin, subdomain, mock_factory):
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("kind", ["text", "tool"])
 def test_openai_sdk(proxy, served_by, target, stream, kind):
-    mock, key = served_by(target)
+    mock, key = served_by(target, stream)
     client = OpenAI(base_url=f"{proxy.base}/v1", api_key=key, max_retries=0, _strict_response_validation=True,
                     timeout=30)
     messages = [{"role": "system", "content": "Be brief."},
@@ -71,7 +73,7 @@ def test_openai_sdk(proxy, served_by, target, stream, kind):
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("kind", ["text", "tool"])
 def test_anthropic_sdk(proxy, served_by, target, stream, kind):
-    mock, key = served_by(target)
+    mock, key = served_by(target, stream)
     client = Anthropic(base_url=proxy.base, api_key=key, max_retries=0, _strict_response_validation=True, timeout=30)
     messages = [{"role": "user", "content": "What is the weather in Paris?" if kind == "tool" else "Say hello"}]
     extra = {"tools": [WEATHER_TOOL_ANTHROPIC]} if kind == "tool" else {}
