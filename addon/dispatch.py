@@ -38,6 +38,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes = b""
     relay_token: str | None = None
+    cancel: Callable[[], None] | None = None  # stops a relayed stream when its caller goes away
     attempts: list[str] = field(default_factory=list)
     provider: str | None = None
     target_id: str | None = None
@@ -441,6 +442,7 @@ class Dispatcher:
         health = self.live.health
         resp, translator, idle = outcome.response, outcome.translator, outcome.idle_timeout
         finished = {"done": False}
+        caller_gone = {"yes": False}
 
         def settle(ok: bool, why: str = "") -> None:
             if finished["done"]:
@@ -469,6 +471,9 @@ class Dispatcher:
                             await write(translator.abort("The provider stopped sending mid-stream.", "timeout"))
                         return
                     except aiohttp.ClientError:
+                        if caller_gone["yes"]:
+                            ok = True  # we closed it: the caller hung up; the provider did nothing wrong
+                            return
                         why = "stream cut after commit"
                         if translator is not None:
                             await write(translator.abort("The provider connection was lost mid-stream."))
@@ -499,11 +504,16 @@ class Dispatcher:
             resp.close()
             settle(True)
 
+        def caller_hung_up() -> None:
+            # Stop reading (and paying for) a stream nobody will receive.
+            caller_gone["yes"] = True
+            resp.close()
+
         headers = {"content-type": "text/event-stream", "cache-control": "no-cache"}
         if translator is None:
             headers = {k: v for k, v in outcome.headers.items()}
         token = self.relay.park(Parked(status=outcome.status, headers=[], pump=pump, on_abandon=abandon))
-        return Reply(status=outcome.status, headers=headers, relay_token=token)
+        return Reply(status=outcome.status, headers=headers, relay_token=token, cancel=caller_hung_up)
 
     def _finish(self, reply: Reply, attempts: list[str], provider: str | None, target: Any, fail_open: bool,
                 started: float, upstream_seconds: float) -> Reply:

@@ -43,6 +43,8 @@ class GatewayAddon:
         self._started = False
         self._relay_lock: asyncio.Lock | None = None
         self._prober: asyncio.Task | None = None
+        # Relayed streams in progress: flow id → (client connection id, stop function).
+        self._streams: dict[str, tuple[str, object]] = {}
 
     # -- lifecycle (sync, DESIGN.md decision 8) --------------------------------------------------------------
     def load(self, loader) -> None:
@@ -127,6 +129,8 @@ class GatewayAddon:
         if reply.relay_token is None:
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
+        if reply.cancel is not None:
+            self._streams[flow.id] = (flow.client_conn.id, reply.cancel)
         # Stream: point the flow at the relay; mitmproxy then streams what the relay writes.
         flow.metadata[RELAY_META] = {
             "status": reply.status, "headers": reply.headers,
@@ -153,6 +157,21 @@ class GatewayAddon:
         req = flow.request
         req.method, req.scheme, req.host, req.port, req.path = method, scheme, host, port, path
         req.raw_content = content
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._streams.pop(flow.id, None)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        stream = self._streams.pop(flow.id, None)
+        if stream is not None:
+            stream[1]()
+
+    def client_disconnected(self, client) -> None:
+        # mitmproxy may keep reading a relayed stream after its caller left; stop it at the source.
+        for flow_id, (client_id, stop) in list(self._streams.items()):
+            if client_id == client.id:
+                del self._streams[flow_id]
+                stop()
 
     @staticmethod
     def _redact(flow: http.HTTPFlow) -> None:

@@ -1659,10 +1659,15 @@ class MockProvider:
                     await asyncio.sleep(stall)
                 elif i and delay:
                     await asyncio.sleep(delay)
+                if request.transport is None or request.transport.is_closing():
+                    raise ConnectionResetError  # aiohttp drops writes to a closed peer silently
                 await resp.write(events[i])
         except ConnectionError:  # the client went away mid-stream
             rec["outcome"] = "client_closed"
             return resp
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the peer disconnects
+            rec["outcome"] = "client_closed"
+            raise
         if ending == "cut":
             rec["outcome"] = "cut"
             self._drop(request)

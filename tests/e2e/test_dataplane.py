@@ -244,3 +244,23 @@ def test_oversized_and_compressed_bodies(admin, proxy, subdomain, mock_factory):
     r = http("POST", f"{proxy.base}/v1/chat/completions", b"\x1f\x8bnot gzip",
              {"X-Api-Key": cfg["key"], "Content-Encoding": "gzip"})
     assert r.status == 400
+
+
+def test_a_caller_hanging_up_mid_stream_releases_the_provider(admin, proxy, subdomain, mock_factory):
+    import socket
+
+    an = mock_factory("anthropic-mock", "sk-ant-test")
+    # The provider sends its first content, then thinks for 4 s: the gateway must not wait that long to notice.
+    an.set_faults([{"stall_after": 5, "stall": 4}])
+    cfg = admin.guide_setup([anthropic_target(an.port, weight=1)], subdomain=subdomain)
+    body = json.dumps(dict(GUIDE_BODY, stream=True)).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"X-Api-Key: " + cfg["key"].encode() + b"\r\nContent-Length: " + str(len(body)).encode() +
+                  b"\r\n\r\n" + body)
+        first = s.recv(65536)
+        assert b"200" in first.split(b"\r\n", 1)[0]
+    hung_up = time.monotonic()
+    # The gateway closes its provider connection at once instead of holding a stream nobody will receive.
+    wait_until(lambda: an.requests() and an.requests()[-1].get("outcome") == "client_closed", timeout=5)
+    assert time.monotonic() - hung_up < 2.0
