@@ -94,13 +94,21 @@ def credential_headers(target: Any) -> dict[str, str]:
     return headers
 
 
-_NOT_FORWARDED = frozenset({"authorization", "x-api-key", "host", "content-length", "connection", "keep-alive",
+_NOT_FORWARDED = frozenset({"x-api-key", "x-tg-api-key", "host", "content-length", "connection", "keep-alive",
                             "transfer-encoding", "te", "upgrade", "proxy-authorization", "accept-encoding"})
 
 
 def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
-    """Client headers minus hop-by-hop and the client's own key, plus the target's headers and credentials."""
-    headers = {k: v for k, v in flow_headers.items() if k.lower() not in _NOT_FORWARDED}
+    """Client headers minus hop-by-hop and the client's gateway key, plus the target's headers and credentials.
+
+    An `Authorization` header is the caller's own (e.g. its provider key) unless it carries the gateway key."""
+    gateway_key = routing.client_key(flow_headers)
+    headers = {}
+    for k, v in flow_headers.items():
+        lk = k.lower()
+        if lk in _NOT_FORWARDED or (lk == "authorization" and gateway_key and gateway_key in v):
+            continue
+        headers[k] = v
     headers.update(credential_headers(target))
     return headers
 

@@ -180,7 +180,8 @@ class GatewayAddon:
         key = client_key(headers)
         if not key:
             return
-        if "x-api-key" in headers:
-            headers["x-api-key"] = _mask(key)
+        for name in ("x-tg-api-key", "x-api-key"):
+            if name in headers:
+                headers[name] = _mask(headers[name])
         if headers.get("authorization", "").lower().startswith("bearer "):
             headers["authorization"] = "Bearer " + _mask(key)

@@ -23,11 +23,15 @@ class Route:
     upstream: Any | None  # None for an `endpoint` service (one fixed, untranslated target)
 
 
+KEY_HEADERS = ("x-tg-api-key", "x-api-key")  # X-TG-API-Key: what TrustGate's own guide sends
+
+
 def client_key(headers: Mapping[str, str]) -> str | None:
-    """The caller's gateway key: X-Api-Key / x-api-key, else `Authorization: Bearer <key>`."""
-    key = headers.get("x-api-key")
-    if key:
-        return key.strip() or None
+    """The caller's gateway key: X-TG-API-Key / X-Api-Key, else `Authorization: Bearer <key>`."""
+    for name in KEY_HEADERS:
+        key = headers.get(name)
+        if key and key.strip():
+            return key.strip()
     auth = headers.get("authorization", "")
     scheme, _, value = auth.partition(" ")
     if scheme.lower() == "bearer" and value.strip():

@@ -92,3 +92,9 @@ def test_forwarded_path_strip():
     rule = NS(path="/ai", strip_path=True)
     assert routing.forwarded_path("/ai/v1/x?a=1", rule, "/base") == "/base/v1/x?a=1"
     assert routing.forwarded_path("/ai/v1/x", NS(path="/ai", strip_path=False), None) == "/ai/v1/x"
+
+
+def test_trustgate_key_header_is_accepted_before_a_jwt_bearer():
+    # TrustGate's guide sends X-TG-API-Key together with `Authorization: Bearer <JWT>`.
+    route = resolve("alpha.example.com", {"x-tg-api-key": "k1", "authorization": "Bearer some.jwt.token"})
+    assert route.gateway.id == "g1"

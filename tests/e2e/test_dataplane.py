@@ -264,3 +264,31 @@ def test_a_caller_hanging_up_mid_stream_releases_the_provider(admin, proxy, subd
     # The gateway closes its provider connection at once instead of holding a stream nobody will receive.
     wait_until(lambda: an.requests() and an.requests()[-1].get("outcome") == "client_closed", timeout=5)
     assert time.monotonic() - hung_up < 2.0
+
+
+def test_endpoint_service_forwards_untranslated_json_and_streams(admin, proxy, subdomain, mock_factory):
+    oa = mock_factory("openai-mock", "sk-openai-test", chunk_delay=0.01)
+    gw = admin.ok("POST", "/gateways", {"name": "passthrough", "subdomain": subdomain})
+    svc = admin.ok("POST", f"/gateways/{gw['id']}/services",
+                   {"name": "direct", "type": "endpoint", "host": "127.0.0.1", "port": oa.port, "protocol": "http",
+                    "path": "/"})
+    admin.ok("POST", f"/gateways/{gw['id']}/rules", {"path": "/v1", "service_id": svc["id"], "methods": ["POST"]})
+    key = admin.ok("POST", f"/gateways/{gw['id']}/keys", {"name": "k"})["key"]
+    admin.wait_live(key)
+    # The caller's own provider credential goes through untouched; the gateway key never does.
+    headers = {"X-TG-API-Key": key, "Authorization": "Bearer sk-openai-test"}
+    plain = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 20, "seed": 7}
+    r = http("POST", f"{proxy.base}/v1/chat/completions", plain, headers)
+    assert r.status == 200, r.body
+    sent = oa.requests()[-1]
+    assert sent["path"] == "/v1/chat/completions" and sent["body"] == plain  # untranslated, byte for byte
+    assert "x-tg-api-key" not in sent["headers"] and sent["headers"]["authorization"] == "Bearer sk-openai-test"
+    # A gateway key sent as the bearer token is the gateway's, not the provider's: it is not forwarded.
+    r = http("POST", f"{proxy.base}/v1/chat/completions", plain, {"Authorization": f"Bearer {key}"})
+    assert r.status == 502 and r.headers["x-gateway-attempts"] == "passthrough:401"
+    assert key not in json.dumps(oa.requests()[-1]["headers"])
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+    r = http("POST", f"{proxy.base}/v1/chat/completions", body, headers)
+    assert r.status == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.body.rstrip().endswith(b"data: [DONE]")
+    assert r.headers["x-selected-provider"] == "passthrough"
