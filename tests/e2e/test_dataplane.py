@@ -205,6 +205,7 @@ def test_config_change_applies_live_under_load(admin, proxy, subdomain, mock_fac
         for t in threads:
             t.join(10)
     # The contract is 1 s (0.25 s stat poll + rebuild); the margin absorbs a CPU-starved CI machine.
+    print(f"[live config] first answer from the new target {first_new[1] - changed_at:.3f} s after the PUT started")
     assert first_new[1] - changed_at < 2.5, first_new[1] - changed_at
     assert all(status == 200 for _, _, status, _ in results), collections.Counter(r[2] for r in results)
     # Every request that started after one was served by the new target is served by it too: the switch is
