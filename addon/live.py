@@ -4,7 +4,7 @@ The request path never touches TinyDB (DESIGN.md decision 6): it reads the in-me
 task swaps when the store file changes (stat every `poll_interval`, rebuild in a worker thread, keep the last good
 one on error). Balancer state (smooth round-robin counters, sticky pins) survives a reload as long as the
 upstream's targets and algorithm are unchanged. Health lives in memory too and is published to the health file
-once a second for the admin API (which may run in another process).
+twice a second for the admin API (which may run in another process).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ log = logging.getLogger("aigw.live")
 
 
 class LiveConfig:
-    def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 1.0) -> None:
+    def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5) -> None:
         self.data_path = data_path
         self.health_path = data_path + ".health.json"
         self.loader = SnapshotLoader(data_path)

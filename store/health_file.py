@@ -1,6 +1,6 @@
 """The proxy's published health: how the admin API (maybe another process) learns what the data plane sees.
 
-The proxy keeps health in memory and, once a second, writes the whole picture to ``<data>.health.json`` with an
+The proxy keeps health in memory and, twice a second, writes the whole picture to ``<data>.health.json`` with an
 atomic replace; the admin API reads it on demand. Document shape (see docs/CONTRACTS.md)::
 
     {"written_at": <epoch float>, "pid": int,
@@ -32,7 +32,7 @@ def target_key(upstream_id: str, target_id: str) -> str:
 
 
 def write_health(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
-    """Publish ``doc`` atomically. Not fsynced: it is rewritten every second and worthless after a crash."""
+    """Publish ``doc`` atomically. Not fsynced: it is rewritten twice a second and worthless after a crash."""
     atomic_write_bytes(os.fspath(path), json.dumps(doc, separators=(",", ":")).encode("utf-8"), durable=False)
 
 

@@ -340,8 +340,12 @@ def test_health_api_of_a_separate_admin_process(admin, proxy, subdomain, mock_fa
     for _ in range(6):
         _served(_chat(proxy, cfg["key"]))
 
+    ages: list[float] = []
+
     def doc():
         d = other.ok("GET", path)
+        if d["published_at"]:
+            ages.append(time.time() - datetime.fromisoformat(d["published_at"]).timestamp())
         return d, {t["target_id"]: t for t in d["targets"]}
 
     d, by_id = wait_until(lambda: (x := doc())[1]["bad"]["state"] == "open" and x, timeout=3)
@@ -351,12 +355,12 @@ def test_health_api_of_a_separate_admin_process(admin, proxy, subdomain, mock_fa
     assert 0 < t_bad["cooldown_remaining_s"] <= 30
     assert t_ok["state"] == "closed" and t_ok["ewma_ttfb_ms"] is not None and t_ok["ewma_ttfb_ms"] > 0
     assert t_ok["in_flight"] == 0 and t_ok["requests"] >= 3
-    # Published about once a second: never much older than that.
-    for _ in range(3):
+    # Published twice a second: what the admin shows is never a second old.
+    for _ in range(5):
         d, _ = doc()
         assert d["stale"] is False
-        assert time.time() - datetime.fromisoformat(d["published_at"]).timestamp() <= 1.6
-        time.sleep(0.4)
+        assert ages[-1] <= 1.0, ages
+        time.sleep(0.3)
 
     # A request in progress shows as in flight, and is gone when it ends.
     ok.set_faults([{"delay": 2.5, "times": 1}])
@@ -365,9 +369,11 @@ def test_health_api_of_a_separate_admin_process(admin, proxy, subdomain, mock_fa
         wait_until(lambda: doc()[1]["ok"]["in_flight"] == 1, timeout=3)
         assert _served(pending.result(10)) == "ok"
     wait_until(lambda: doc()[1]["ok"]["in_flight"] == 0, timeout=3)
+    print(f"[health staleness] worst published_at age seen: {max(ages):.2f} s over {len(ages)} reads")
 
 
 # -- 8. per-request budget ------------------------------------------------------------------------------------
+
 
 def test_max_attempts_caps_the_failover_chain(admin, proxy, subdomain, mock_factory):
     mocks = [mock_factory(f"hang{i}", "sk-openai-test") for i in range(3)]
