@@ -19,7 +19,7 @@ import providers
 from addon import routing
 from addon.live import LiveConfig, target_key
 from addon.relay import Parked, Relay
-from addon.upstream import Attempt, Outcome, UpstreamClient, classify_status, response_headers
+from addon.upstream import HOP_BY_HOP, Attempt, Outcome, UpstreamClient, classify_status, response_headers
 from providers import GatewayError, TargetSpec
 from store.models import Failover
 
@@ -81,21 +81,14 @@ def target_origin(target: Any) -> tuple[str, str, int]:
 
 def credential_headers(target: Any) -> dict[str, str]:
     """The target's own headers and credentials, for calls the providers layer does not build (passthrough, probes)."""
-    headers = dict(getattr(target, "headers", None) or {})
-    creds = getattr(target, "credentials", None)
-    if creds is not None:
-        name = getattr(creds, "header_name", None)
-        value = getattr(creds, "header_value", None)
-        api_key = getattr(creds, "api_key", None)
-        if name and value:
-            headers[name] = value
-        elif api_key:
-            headers.update(providers.auth_headers(getattr(target, "provider", None) or "openai-compatible", api_key))
-    return headers
+    provider = getattr(target, "provider", None) or "openai-compatible"
+    return {**(getattr(target, "headers", None) or {}),
+            **providers.auth_headers(provider, getattr(target, "credentials", None))}
 
 
-_NOT_FORWARDED = frozenset({"x-api-key", "x-tg-api-key", "host", "content-length", "connection", "keep-alive",
-                            "transfer-encoding", "te", "upgrade", "proxy-authorization", "accept-encoding"})
+# Request headers never copied to an untranslated upstream call: hop-by-hop and framing ones (the body is sent
+# decoded, so Content-Encoding goes too), the caller's gateway key, and Accept-Encoding (aiohttp negotiates).
+_NOT_FORWARDED = HOP_BY_HOP | {"x-api-key", "x-tg-api-key", "accept-encoding"}
 
 
 def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
@@ -111,6 +104,12 @@ def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
         headers[k] = v
     headers.update(credential_headers(target))
     return headers
+
+
+def error_response(ingress: str | None, err: GatewayError) -> Reply:
+    """A gateway error in the caller's format (OpenAI when the path names neither)."""
+    r = providers.error_reply(ingress or "openai", err)
+    return Reply(status=r.status, headers=dict(r.headers), body=r.body)
 
 
 def _drain_arrived(resp: Any, translator: Any, buf: bytearray) -> bool:
@@ -137,12 +136,15 @@ class Dispatcher:
     # ------------------------------------------------------------------------------------------------
     async def handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes | None) -> Reply:
         """Serve one request; every failure comes back as a Reply in the caller's format."""
-        ingress = providers.ingress_for_path(path) or "openai"
         try:
             return await self._handle(method=method, path=path, host=host, headers=headers, body=body)
         except GatewayError as err:
-            r = providers.error_reply(ingress, err)
-            return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+            return error_response(providers.ingress_for_path(path), err)
+        except Exception:
+            # A bug must not leak mitmproxy's HTML error page (nor a traceback) to the caller.
+            log.exception("aigw: unexpected error while handling %s %s", method, path.split("?", 1)[0])
+            return error_response(providers.ingress_for_path(path),
+                                  GatewayError(500, "api_error", "Internal gateway error."))
 
     async def _handle(self, *, method: str, path: str, host: str, headers: Any, body: bytes | None) -> Reply:
         if body is None:
@@ -249,13 +251,8 @@ class Dispatcher:
 
         if unsupported is not None and not reasons:
             raise unsupported
-        err = self._exhausted(reasons, retry_afters, attempts)
-        r = providers.error_reply(ingress or "openai", err)
-        reply = Reply(status=r.status, headers=dict(r.headers), body=r.body, attempts=attempts, fail_open=fail_open)
-        reply.headers["X-Gateway-Attempts"] = ",".join(attempts)
-        if fail_open:
-            reply.headers["X-Gateway-Fail-Open"] = "true"
-        return reply
+        return self._annotate(error_response(ingress, self._exhausted(reasons, retry_afters, attempts)), attempts,
+                              fail_open)
 
     # ------------------------------------------------------------------------------------------------
     def _sticky_key(self, upstream: Any, headers: Any, route: routing.Route) -> str | None:
@@ -304,7 +301,8 @@ class Dispatcher:
         if provider and canon is not None:
             model = routing.map_model(canon.model, target)
             spec = TargetSpec(provider=provider, model=model, path=getattr(target, "path", None),
-                              credentials=self._credentials(target), headers=dict(getattr(target, "headers", None) or {}),
+                              credentials=getattr(target, "credentials", None),
+                              headers=getattr(target, "headers", None) or {},
                               api_version=getattr(target, "api_version", None),
                               max_tokens_default=getattr(target, "max_tokens_default", None))
             up = providers.build_upstream_request(canon, spec)
@@ -416,18 +414,6 @@ class Dispatcher:
         return Outcome("response", status=status, headers={"content-type": "text/event-stream"},
                        body=bytes(buf), ttfb=ttfb, reason="stream_complete")
 
-    @staticmethod
-    def _credentials(target: Any) -> dict | None:
-        creds = getattr(target, "credentials", None)
-        if creds is None:
-            return None
-        out = {}
-        for name in ("header_name", "header_value", "api_key"):
-            value = getattr(creds, name, None)
-            if value:
-                out[name] = value
-        return out or None
-
     # ------------------------------------------------------------------------------------------------
     def _complete(self, outcome: Outcome, canon: Any, provider: str | None, ingress: str | None) -> Reply:
         if outcome.reason == "stream_complete":
@@ -441,9 +427,8 @@ class Dispatcher:
     def _error_passthrough(self, canon: Any, provider: str | None, ingress: str | None, outcome: Outcome) -> Reply:
         if outcome.status and outcome.body is not None and outcome.status >= 400:
             return self._complete(outcome, canon, provider, ingress)
-        err = outcome.error or GatewayError(502, "api_error", f"Upstream failed: {outcome.reason}")
-        r = providers.error_reply(ingress or "openai", err)
-        return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+        return error_response(ingress, outcome.error or GatewayError(502, "api_error",
+                                                                     f"Upstream failed: {outcome.reason}"))
 
     def _park(self, outcome: Outcome, key: str, policy: Any, provider: str | None, canon: Any,
               ingress: str | None) -> Reply:
@@ -525,16 +510,21 @@ class Dispatcher:
 
     def _finish(self, reply: Reply, attempts: list[str], provider: str | None, target: Any, fail_open: bool,
                 started: float, upstream_seconds: float) -> Reply:
-        reply.attempts = attempts
         reply.provider = provider or "passthrough"
         reply.target_id = getattr(target, "id", None)
-        reply.fail_open = fail_open
         overhead_ms = max(0.0, (time.perf_counter() - started - upstream_seconds) * 1000.0)
         reply.headers["X-Selected-Provider"] = reply.provider
         if reply.target_id:
             reply.headers["X-Selected-Target"] = str(reply.target_id)
-        reply.headers["X-Gateway-Attempts"] = ",".join(attempts)
         reply.headers["X-Gateway-Overhead-Ms"] = f"{overhead_ms:.2f}"
+        return self._annotate(reply, attempts, fail_open)
+
+    @staticmethod
+    def _annotate(reply: Reply, attempts: list[str], fail_open: bool) -> Reply:
+        """What every answer says about how it was obtained, served or not."""
+        reply.attempts = attempts
+        reply.fail_open = fail_open
+        reply.headers["X-Gateway-Attempts"] = ",".join(attempts)
         if fail_open:
             reply.headers["X-Gateway-Fail-Open"] = "true"
         return reply

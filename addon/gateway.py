@@ -10,8 +10,6 @@ import logging
 import os
 
 from mitmproxy import ctx, exceptions, http
-
-import providers
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addon.dispatch import Dispatcher, Settings, target_origin, credential_headers
@@ -109,16 +107,8 @@ class GatewayAddon:
             body = req.content or b""  # decoded when the client sent Content-Encoding
         except ValueError:
             body = None
-        try:
-            reply = await self.dispatcher.handle(method=req.method, path=req.path,
-                                                 host=req.host_header or req.host, headers=req.headers, body=body)
-        except Exception:
-            # A bug must not leak mitmproxy's HTML error page (nor a traceback) to the caller.
-            log.exception("aigw: unexpected error while handling %s %s", req.method, req.path)
-            ingress = providers.ingress_for_path(req.path) or "openai"
-            r = providers.error_reply(ingress, providers.GatewayError(500, "api_error", "Internal gateway error."))
-            flow.response = http.Response.make(r.status, r.body, dict(r.headers))
-            return
+        reply = await self.dispatcher.handle(method=req.method, path=req.path, host=req.host_header or req.host,
+                                             headers=req.headers, body=body)
         self._redact(flow)
         flow.metadata["aigw"] = {"provider": reply.provider, "target": reply.target_id,
                                  "attempts": reply.attempts, "fail_open": reply.fail_open}

@@ -11,7 +11,7 @@ Public API used by addon/:
     UpstreamRequest(method, path, headers, body, stream)
     build_upstream_request(req, target) -> UpstreamRequest
     default_origin(provider) -> (scheme, host, port)
-    auth_headers(provider, api_key) -> {header: value}
+    auth_headers(provider, api_key | credentials) -> {header: value}
     Reply(status, headers, body)
     translate_response(req, provider, status, headers, body, *, now=None, new_id=None) -> Reply
     error_reply(ingress, err) -> Reply
@@ -152,9 +152,12 @@ def _auth_headers(provider: str, credentials: Any) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
 
-def auth_headers(provider: str, api_key: str) -> dict[str, str]:
-    """The provider's auth header for a plain API key (also used by the addon for passthrough/probes)."""
-    return _auth_headers(provider, {"api_key": api_key})
+def auth_headers(provider: str, credentials: Any) -> dict[str, str]:
+    """The auth header for a target's credentials — a plain API key, or `{header_name, header_value}` /
+    `{api_key}` as a mapping or the store's model (also used by the addon for passthrough and probes)."""
+    if isinstance(credentials, str):
+        credentials = {"api_key": credentials}
+    return _auth_headers(provider, credentials)
 
 
 def _path(req: CanonicalRequest, target: TargetSpec, model: str) -> str:

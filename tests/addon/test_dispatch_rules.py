@@ -43,3 +43,20 @@ def test_credentials_and_origin_of_a_target():
            credentials=NS(header_name="Authorization", header_value="Bearer x", api_key=None))
     assert credential_headers(t) == {"Authorization": "Bearer x"}
     assert target_origin(t) == ("http", "10.0.0.5", 80)
+
+
+def test_passthrough_headers_drop_framing_encoding_and_the_gateway_key():
+    from mitmproxy.http import Headers
+
+    from addon.dispatch import _passthrough_headers
+
+    def headers(**fields):  # what the hook hands over: mitmproxy's case-insensitive headers
+        return Headers([(k.replace("_", "-").encode(), v.encode()) for k, v in fields.items()])
+
+    t = NS(provider=None, headers={"x-extra": "1"}, credentials=None)
+    client = headers(Content_Encoding="gzip", Content_Length="10", Host="gw", X_Api_Key="aigw-k",
+                     Authorization="Bearer sk-callers-own", Accept="application/json", Connection="keep-alive")
+    # The body is forwarded decoded, so its Content-Encoding must not travel with it.
+    assert _passthrough_headers(client, t) == {"Authorization": "Bearer sk-callers-own",
+                                               "Accept": "application/json", "x-extra": "1"}
+    assert "Authorization" not in _passthrough_headers(headers(Authorization="Bearer aigw-k"), t)
