@@ -235,37 +235,47 @@ def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None,
         raise GatewayError(502, "api_error", "upstream returned a malformed gemini response")
     if isinstance(obj.get("error"), dict):
         raise parse_error_body(int(obj["error"].get("code") or 502), obj)
-    cands = obj.get("candidates") or []
-    parts: list = []
-    reason = None
-    if cands and isinstance(cands[0], dict):
-        c = cands[0]
-        for p in (c.get("content") or {}).get("parts") or []:
-            if not isinstance(p, dict) or p.get("thought"):
-                continue
-            if isinstance(p.get("text"), str):
-                if parts and isinstance(parts[-1], TextPart):
-                    parts[-1] = TextPart(parts[-1].text + p["text"])
-                else:
-                    parts.append(TextPart(p["text"]))
-            elif isinstance(p.get("functionCall"), dict):
-                if single_call and any(isinstance(q, ToolCallPart) for q in parts):
-                    continue
-                fc = p["functionCall"]
-                args = fc.get("args")
-                name = str(fc.get("name") or "")
-                parts.append(ToolCallPart(fc.get("id") or new_id("call"), names.get(name, name),
-                                          arguments_obj=args if isinstance(args, dict) else {}))
-        reason = c.get("finishReason")
-    elif (obj.get("promptFeedback") or {}).get("blockReason"):
-        reason = "SAFETY"
-    elif not cands:
+    visible, reason, answered = _first_candidate(obj)
+    if not answered:
         raise GatewayError(502, "api_error", "upstream returned a gemini response without candidates")
+    parts: list = []
+    for p in visible:
+        if isinstance(p.get("text"), str):
+            if parts and isinstance(parts[-1], TextPart):
+                parts[-1] = TextPart(parts[-1].text + p["text"])
+            else:
+                parts.append(TextPart(p["text"]))
+        elif isinstance(p.get("functionCall"), dict):
+            if single_call and any(isinstance(q, ToolCallPart) for q in parts):
+                continue
+            call_id, name, args = _function_call(p["functionCall"], names, new_id)
+            parts.append(ToolCallPart(call_id, name, arguments_obj=args))
     has_calls = any(isinstance(p, ToolCallPart) for p in parts)
     return CanonicalResponse(id=str(obj.get("responseId") or new_id("chatcmpl")),
                              model=str(obj.get("modelVersion") or ""), parts=parts,
                              finish=_finish(reason, has_calls), usage=usage_from(obj.get("usageMetadata")))
 
+
+
+def _first_candidate(obj: dict) -> tuple[list[dict], str | None, bool]:
+    """The first candidate's visible parts (thoughts left out) and finish reason, shared by the JSON and stream
+    readers; a blocked prompt finishes as SAFETY. The flag is False when the answer holds nothing at all."""
+    cands = obj.get("candidates") or []
+    if cands and isinstance(cands[0], dict):
+        c = cands[0]
+        raw = (c.get("content") or {}).get("parts") or []
+        parts = [p for p in raw if isinstance(p, dict) and not p.get("thought")]
+        return parts, c.get("finishReason"), True
+    if (obj.get("promptFeedback") or {}).get("blockReason"):
+        return [], "SAFETY", True
+    return [], None, bool(cands)
+
+
+def _function_call(fc: dict, names: dict, new_id: IdFactory) -> tuple[str, str, dict]:
+    """(id, the client's tool name, arguments) of a Gemini functionCall; Gemini gives no id, so one is made."""
+    args = fc.get("args")
+    name = str(fc.get("name") or "")
+    return fc.get("id") or new_id("call"), names.get(name, name), args if isinstance(args, dict) else {}
 
 class GeminiSource(Source):
     """Each SSE data line is a whole GenerateContentResponse with only the new parts (§3.1).
@@ -307,28 +317,17 @@ class GeminiSource(Source):
                        str(obj.get("modelVersion") or self._model))
         if isinstance(obj.get("usageMetadata"), dict):
             self._usage = usage_from(obj["usageMetadata"])  # cumulative: the last one wins
-        cands = obj.get("candidates") or []
-        reason = None
-        if cands and isinstance(cands[0], dict):
-            c = cands[0]
-            for p in (c.get("content") or {}).get("parts") or []:
-                if not isinstance(p, dict) or p.get("thought"):
-                    continue
-                if isinstance(p.get("text"), str):
-                    sink.text(p["text"])
-                elif isinstance(p.get("functionCall"), dict):
-                    if self._single_call and self._tools:
-                        continue  # parallel calls were disabled by the client (see parse_response)
-                    fc = p["functionCall"]
-                    args = fc.get("args")
-                    name = str(fc.get("name") or "")
-                    sink.tool_start(self._tools, fc.get("id") or self._new_id("call"), self._names.get(name, name))
-                    sink.tool_args(self._tools, json.dumps(args if isinstance(args, dict) else {},
-                                                           ensure_ascii=False, separators=(",", ":")))
-                    self._tools += 1
-            reason = c.get("finishReason")
-        elif (obj.get("promptFeedback") or {}).get("blockReason"):
-            reason = "SAFETY"
+        visible, reason, _ = _first_candidate(obj)
+        for p in visible:
+            if isinstance(p.get("text"), str):
+                sink.text(p["text"])
+            elif isinstance(p.get("functionCall"), dict):
+                if self._single_call and self._tools:
+                    continue  # parallel calls were disabled by the client (see parse_response)
+                call_id, name, args = _function_call(p["functionCall"], self._names, self._new_id)
+                sink.tool_start(self._tools, call_id, name)
+                sink.tool_args(self._tools, json.dumps(args, ensure_ascii=False, separators=(",", ":")))
+                self._tools += 1
         if reason:
             if self._usage is not None:
                 sink.usage(self._usage)

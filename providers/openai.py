@@ -579,6 +579,16 @@ class OpenAISink(Sink):
 
 
 # =============================================================== stream: source (upstream side)
+def _chunk_of(source: Source, data: str) -> dict | None:
+    """The JSON object of one `data:` line; None for anything else (invalid JSON is reported as such)."""
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        source.invalid_event()
+        return None
+    return chunk if isinstance(chunk, dict) else None
+
+
 class OpenAISource(Source):
     """OpenAI-family chunks → canonical calls (used when the client is not OpenAI-format)."""
 
@@ -599,12 +609,8 @@ class OpenAISource(Source):
                 self.sink.finish("stop")
             self.sink.end()
             return
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            self.invalid_event()
-            return
-        if not isinstance(chunk, dict):
+        chunk = _chunk_of(self, data)
+        if chunk is None:
             return
         if chunk.get("error"):
             self.fail(_stream_error(chunk["error"]))
@@ -702,12 +708,8 @@ class OpenAIPassthrough(Source, Sink):
             self.out.append(b"data: [DONE]\n\n")
             self.closed = True
             return
-        try:
-            chunk = json.loads(data)
-        except ValueError:
-            self.invalid_event()
-            return
-        if not isinstance(chunk, dict):
+        chunk = _chunk_of(self, data)
+        if chunk is None:
             return
         if chunk.get("error"):
             self.upstream_error = _stream_error(chunk["error"])
