@@ -17,7 +17,8 @@ import aiohttp
 
 import providers
 from addon import routing
-from addon.live import LiveConfig, target_key
+from addon.live import LiveConfig
+from store.health_file import target_key
 from addon.relay import Parked, Relay
 from addon.upstream import HOP_BY_HOP, Attempt, Outcome, UpstreamClient, classify_status, response_headers
 from providers import GatewayError, TargetSpec

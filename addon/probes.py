@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 import aiohttp
 
-from addon.live import LiveConfig, target_key
+from addon.live import LiveConfig
+from store.health_file import target_key
 from addon.upstream import UpstreamClient, classify_status
 
 log = logging.getLogger("aigw.probes")

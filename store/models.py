@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -115,6 +116,18 @@ def _lowercase(value: Any) -> Any:
 def _ascii_lowercase(value: Any) -> Any:
     """Lower-case ASCII only: ``str.lower`` maps some non-ASCII letters to ASCII (KELVIN SIGN -> ``k``)."""
     return _lowercase(value) if isinstance(value, str) and value.isascii() else value
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("path must start with '/'")
+    return value
+
+
+#: A URL path (target, endpoint service or rule): starts with "/".
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path), Field(json_schema_extra={"pattern": "^/"})]
+#: How a target or endpoint is reached; "HTTPS" and " http " mean the same.
+Protocol = Annotated[Literal["http", "https"], BeforeValidator(_lowercase)]
 
 
 #: An HTTP header name (RFC 9110 token).
@@ -293,12 +306,12 @@ class Target(Model):
     ] = Field(
         default_factory=new_id
     )
-    provider: Provider | None = None
-    path: str | None = Field(default=None, description="Provider endpoint; defaults to the provider's chat path",
-                             json_schema_extra={"pattern": "^/"})
+    provider: Annotated[Provider, BeforeValidator(_lowercase)] | None = None
+    path: AbsolutePath | None = Field(default=None,
+                                      description="Provider endpoint; defaults to the provider's chat path")
     host: NonEmptyStr | None = None
     port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
-    protocol: Literal["http", "https"] | None = None
+    protocol: Protocol | None = None
     weight: Annotated[StrictInt, Field(ge=0)] = 1
     priority: Annotated[StrictInt, Field(ge=1)] = 1
     models: list[NonEmptyStr] = Field(default_factory=list)
@@ -315,11 +328,6 @@ class Target(Model):
     )
     api_version: str | None = Field(default=None, description="aigw: Azure OpenAI api-version")
 
-    @field_validator("provider", "protocol", mode="before")
-    @classmethod
-    def _normalise_case(cls, value: Any) -> Any:
-        return _lowercase(value)
-
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
@@ -327,12 +335,6 @@ class Target(Model):
             raise ValueError("target id must be 1-64 characters of letters, digits, '.', '_', ':' or '-'")
         return value
 
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("path must start with '/'")
-        return value
 
     @field_validator("headers")
     @classmethod
@@ -475,26 +477,15 @@ class Service(GatewayScoped):
     ]})
 
     name: NonEmptyStr
-    type: Literal["upstream", "endpoint"] = "upstream"
+    type: Annotated[Literal["upstream", "endpoint"], BeforeValidator(_lowercase)] = "upstream"
     upstream_id: NonEmptyStr | None = None
     host: NonEmptyStr | None = None
     port: Annotated[StrictInt, Field(ge=1, le=65535)] | None = None
-    protocol: Literal["http", "https"] | None = None
-    path: str | None = Field(default=None, json_schema_extra={"pattern": "^/"})
+    protocol: Protocol | None = None
+    path: AbsolutePath | None = None
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
 
-    @field_validator("type", "protocol", mode="before")
-    @classmethod
-    def _normalise_case(cls, value: Any) -> Any:
-        return _lowercase(value)
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("/"):
-            raise ValueError("path must start with '/'")
-        return value
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:
@@ -523,10 +514,8 @@ class Rule(GatewayScoped):
     @field_validator("path")
     @classmethod
     def _normalise_path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError("path must start with '/'")
         # "/v1/" and "/v1" mean the same prefix; matching is on segment boundaries.
-        return value.rstrip("/") or "/"
+        return _absolute_path(value).rstrip("/") or "/"
 
     @field_validator("methods", mode="before")
     @classmethod
