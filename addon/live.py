@@ -23,6 +23,12 @@ from store.snapshot import SnapshotLoader
 log = logging.getLogger("aigw.live")
 
 
+def target_identity(target: Any) -> tuple:
+    """What makes a target the same server for health purposes: its provider and where it is reached."""
+    return (getattr(target, "provider", None), getattr(target, "protocol", None), getattr(target, "host", None),
+            getattr(target, "port", None))
+
+
 class LiveConfig:
     def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5) -> None:
         self.data_path = data_path
@@ -31,10 +37,13 @@ class LiveConfig:
         self.health = HealthBoard()
         self.poll_interval = poll_interval
         self.publish_interval = publish_interval
-        # upstream id → (config signature, balancer, the snapshot object it was last checked against)
-        self._balancers: dict[str, tuple[tuple, Balancer, Any]] = {}
+        # upstream id → (balancer, the snapshot's upstream object it was built from)
+        self._balancers: dict[str, tuple[Balancer, Any]] = {}
+        # health key → the target's identity (provider and origin) that its health state describes
+        self._identities: dict[str, tuple] = {}
         self._policies: dict[str, tuple[Any, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
         self._tasks: list[asyncio.Task] = []
+        self._prune()  # record the identities of the targets health will be kept for
 
     @property
     def snapshot(self) -> Any:
@@ -89,13 +98,21 @@ class LiveConfig:
         return list(self.snapshot.upstreams())
 
     def _prune(self) -> None:
-        """Forget balancers and health of targets that are gone from the configuration."""
+        """Forget balancers and health of targets that are gone from the configuration, and the health of a
+        target whose identity changed (same id, other provider or origin): its history describes another
+        server. Health survives every other edit (weight, priority, path, credentials, headers)."""
         live_keys: set[str] = set()
         live_upstreams: set[str] = set()
+        identities: dict[str, tuple] = {}
         for upstream in self.upstreams():
             live_upstreams.add(upstream.id)
             for t in upstream.targets:
-                live_keys.add(target_key(upstream.id, t.id))
+                key = target_key(upstream.id, t.id)
+                live_keys.add(key)
+                identities[key] = target_identity(t)
+        moved = {k for k, ident in identities.items() if self._identities.get(k, ident) != ident}
+        self._identities = identities
+        live_keys -= moved
         for uid in list(self._balancers):
             if uid not in live_upstreams:
                 del self._balancers[uid]
@@ -114,21 +131,20 @@ class LiveConfig:
         return cached[1]
 
     def balancer(self, upstream: Any) -> Balancer:
+        """The upstream's balancer, holding exactly this snapshot's Target objects.
+
+        A reload gives every upstream a new object: the balancer is then rebuilt around the new targets (any
+        field may have changed — host, port, path, credentials) and inherits rotation counters and sticky pins of
+        the targets that are still there. Between reloads the identity check makes this one dict lookup."""
         cached = self._balancers.get(upstream.id)
-        if cached is not None and cached[2] is upstream:  # same snapshot object: nothing can have changed
-            return cached[1]
-        signature = (upstream.algorithm, getattr(getattr(upstream, "sticky", None), "ttl", None),
-                     tuple((t.id, t.weight, t.priority) for t in upstream.targets))
-        if cached is not None and cached[0] == signature:
-            self._balancers[upstream.id] = (signature, cached[1], upstream)
-            return cached[1]
+        if cached is not None and cached[1] is upstream:
+            return cached[0]
         sticky = getattr(upstream, "sticky", None)
         ttl = float(getattr(sticky, "ttl", 300) or 300)
         balancer = Balancer(upstream.algorithm, list(upstream.targets), sticky_ttl=ttl)
-        if cached is not None:
-            # Keep rotation counters and sticky pins of targets that are still there.
-            balancer.inherit(cached[1])
-        self._balancers[upstream.id] = (signature, balancer, upstream)
+        if cached is not None and cached[0].algorithm == balancer.algorithm:
+            balancer.inherit(cached[0])
+        self._balancers[upstream.id] = (balancer, upstream)
         return balancer
 
     def plan(self, upstream: Any, sticky_key: str | None = None) -> tuple[list[Any], bool]:
