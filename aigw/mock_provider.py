@@ -38,7 +38,11 @@ used and, when it has ``times``, one use is consumed::
      "stall_after": k, "stall": seconds,  # k events, silence, then the rest (JSON: half the body, silence, rest)
      "cut_after": k,                      # k events, then drop the connection, never the terminal event
                                           #   (JSON: headers and half the body, then drop)
-     "error_event_after": k}              # k events, then the provider's in-stream error, then end
+     "error_event_after": k,              # k events, then the provider's in-stream error, then end
+     "trickle_after": k,                  # streams: k events, then bytes without any newline: `trickle_chunk`
+     "trickle_chunk": n, "trickle_interval": s, "trickle_bytes": n}  # bytes (default 1) every s seconds
+                                          #   (default 1), `trickle_bytes` in all (default: until the client
+                                          #   leaves), then the connection is dropped
                                           #   (JSON: the provider's overloaded status error instead)
 
 An event is one SSE message (``message_start``, ``ping`` and ``[DONE]`` count). Faults apply to the provider
@@ -210,7 +214,8 @@ def error_response(provider: str, e: ApiError) -> web.Response:
 # --------------------------------------------------------------------------------------------------------------
 
 _RULE_KEYS = {"match", "times", "status", "retry_after", "body", "headers", "close", "delay", "first_token_delay",
-              "cut_after", "stall_after", "stall", "error_event_after"}
+              "cut_after", "stall_after", "stall", "error_event_after", "trickle_after", "trickle_chunk",
+              "trickle_interval", "trickle_bytes"}
 _MATCH_KEYS = {"path_contains", "stream", "provider", "model"}
 
 
@@ -232,6 +237,10 @@ class FaultRule:
     stall_after: int | None = None
     stall: float = 0.0
     error_event_after: int | None = None
+    trickle_after: int | None = None
+    trickle_chunk: int = 1
+    trickle_interval: float = 1.0
+    trickle_bytes: int | None = None
 
     def matches(self, provider: str, path: str, stream: bool, model: Any) -> bool:
         if self.times is not None and self.times <= 0:
@@ -249,7 +258,8 @@ class FaultRule:
         match = {k: getattr(self, k) for k in _MATCH_KEYS if getattr(self, k) is not None}
         if match:
             out["match"] = match
-        for k in ("times", "status", "retry_after", "body", "cut_after", "stall_after", "error_event_after"):
+        for k in ("times", "status", "retry_after", "body", "cut_after", "stall_after", "error_event_after",
+                  "trickle_after", "trickle_bytes"):
             if getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         for k in ("delay", "first_token_delay", "stall"):
@@ -302,9 +312,12 @@ def parse_fault(rule: Any) -> FaultRule:
         delay=_nonneg(rule, "delay", float) or 0.0, first_token_delay=_nonneg(rule, "first_token_delay", float) or 0.0,
         cut_after=_nonneg(rule, "cut_after", int), stall_after=_nonneg(rule, "stall_after", int),
         stall=_nonneg(rule, "stall", float) or 0.0, error_event_after=_nonneg(rule, "error_event_after", int),
+        trickle_after=_nonneg(rule, "trickle_after", int), trickle_chunk=_nonneg(rule, "trickle_chunk", int) or 1,
+        trickle_interval=_nonneg(rule, "trickle_interval", float) if "trickle_interval" in rule else 1.0,
+        trickle_bytes=_nonneg(rule, "trickle_bytes", int),
     )
     if not (fr.status or fr.close or fr.delay or fr.first_token_delay or fr.cut_after is not None
-            or fr.stall_after is not None or fr.error_event_after is not None):
+            or fr.stall_after is not None or fr.error_event_after is not None or fr.trickle_after is not None):
         raise ValueError("fault rule: needs an action (status, close, delay, first_token_delay, cut_after, "
                          "stall_after, error_event_after)")
     if fr.stall_after is not None and not fr.stall:
@@ -1649,6 +1662,8 @@ class MockProvider:
                 limit, ending = min(fault.cut_after, len(events) - 1), "cut"
             elif fault.error_event_after is not None:
                 limit, ending = min(fault.error_event_after, len(events) - 1), "error"
+            elif fault.trickle_after is not None:
+                limit, ending = min(fault.trickle_after, len(events) - 1), "trickle"
             stall_at, stall = fault.stall_after, fault.stall
             if fault.first_token_delay:
                 await asyncio.sleep(fault.first_token_delay)
@@ -1662,6 +1677,11 @@ class MockProvider:
                 if request.transport is None or request.transport.is_closing():
                     raise ConnectionResetError  # aiohttp drops writes to a closed peer silently
                 await resp.write(events[i])
+            if ending == "trickle":
+                await self._trickle(request, resp, fault)
+                rec["outcome"] = "trickle"
+                self._drop(request)
+                return resp
         except ConnectionError:  # the client went away mid-stream
             rec["outcome"] = "client_closed"
             return resp
@@ -1677,6 +1697,19 @@ class MockProvider:
             await resp.write(sb.error_event)
         await resp.write_eof()
         return resp
+
+    @staticmethod
+    async def _trickle(request: web.Request, resp: web.StreamResponse, fault: FaultRule) -> None:
+        """Bytes that never complete an SSE line: a stream that is alive on the wire yet says nothing."""
+        chunk = b"x" * fault.trickle_chunk
+        sent = 0
+        while fault.trickle_bytes is None or sent < fault.trickle_bytes:
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError
+            await resp.write(chunk)
+            sent += len(chunk)
+            if fault.trickle_interval:
+                await asyncio.sleep(fault.trickle_interval)
 
     def _auth_ok(self, *candidates: str | None) -> bool:
         return self.api_key is None or self.api_key in candidates

@@ -14,7 +14,7 @@ re-frame events without re-encoding them.
 from __future__ import annotations
 
 from .errors import GatewayError
-from .sse import SSEDecoder, SSEEvent
+from .sse import SSEDecoder, SSEEvent, SSEOverflow
 
 
 class Sink:
@@ -97,7 +97,13 @@ class StreamTranslator:
         if self._ended():
             return b""
         source = self._source
-        for ev in self._dec.feed(data):
+        try:
+            events = self._dec.feed(data)
+        except SSEOverflow as exc:
+            # Before the commit point this fails over like any broken stream; after it, an error event.
+            source.fail(GatewayError(502, "api_error", f"upstream stream is malformed: {exc}"))
+            return self._sink.take()
+        for ev in events:
             self._dispatch(ev)
             if source.done or source.upstream_error is not None:
                 break

@@ -74,3 +74,44 @@ def test_encode():
     assert encode(b'{"a":1}') == b'data: {"a":1}\n\n'
     assert encode('{"a":1}', "message_stop") == b'event: message_stop\ndata: {"a":1}\n\n'
     assert decode_all([encode("x\ny", "e")]) == [SSEEvent("e", "x\ny")]
+
+
+def test_long_line_in_small_pieces_is_linear_and_bounded():
+    """Hardening #8: an endless line is refused once it passes the bound, and appending its pieces does not copy
+    the whole buffer each time (that made 100 MB cost seconds of CPU)."""
+    import time
+
+    import pytest
+
+    from providers.sse import SSEDecoder, SSEOverflow
+
+    dec = SSEDecoder(max_bytes=8 * 1024 * 1024)
+    piece = b"x" * 1024
+    started = time.perf_counter()
+    with pytest.raises(SSEOverflow):
+        for _ in range(9 * 1024):
+            dec.feed(piece)
+    assert time.perf_counter() - started < 2.0  # quadratic copying took ~minutes for this size
+    # The decoder is usable again (its buffer was dropped) — a translator fails the stream anyway.
+    assert dec.feed(b"data: {}\n\n")[0].data == "{}"
+
+
+def test_many_data_lines_of_one_event_are_bounded():
+    import pytest
+
+    from providers.sse import SSEDecoder, SSEOverflow
+
+    dec = SSEDecoder(max_bytes=1000)
+    with pytest.raises(SSEOverflow):
+        dec.feed(b"data: " + b"y" * 100 + b"\n" * 1 + (b"data: " + b"y" * 100 + b"\n") * 20)
+
+
+def test_translator_reports_an_oversized_event_as_an_upstream_error():
+    from providers import open_stream, parse_request
+    from providers.sse import MAX_EVENT_BYTES
+
+    req = parse_request("openai", b'{"model":"gpt-4","stream":true,"messages":[{"role":"user","content":"hi"}]}')
+    tr = open_stream(req, "anthropic")
+    tr.feed(b"data: " + b"z" * (MAX_EVENT_BYTES + 1))
+    assert tr.upstream_error is not None and "larger than" in tr.upstream_error.message
+    assert tr.feed(b"\n\n") == b""
