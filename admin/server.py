@@ -33,8 +33,26 @@ def is_loopback(host: str) -> bool:
         return False  # any other host name could resolve anywhere
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+def check_token(token: str | None) -> None:
+    """Raise :class:`InsecureBindError` for an admin token too weak to protect anything: a configured token must
+    have at least MIN_TOKEN_LENGTH characters and no whitespace (a padded or one-letter token is a mistake)."""
+    if token is None:
+        return
+    if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise InsecureBindError(
+            f"the admin token must be at least {MIN_TOKEN_LENGTH} characters without whitespace "
+            f"(got {len(token)} characters); generate one with: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
+
+
 def check_bind(host: str, token: str | None) -> None:
-    """Raise :class:`InsecureBindError` when ``host`` is not loopback and no admin token is configured."""
+    """Raise :class:`InsecureBindError` when ``host`` is not loopback and no admin token is configured, or when a
+    configured token is weak (see :func:`check_token`)."""
+    check_token(token)
     if not token and not is_loopback(host):
         raise InsecureBindError(
             f"refusing to serve the admin API on {host!r} without an admin token: anyone who can reach it could "

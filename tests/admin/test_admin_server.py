@@ -115,3 +115,27 @@ def test_oversized_bodies_over_the_wire_are_413(store):
         connection.close()
     finally:
         handle.shutdown()
+
+
+@pytest.mark.parametrize("token", ["x", " ", " " * 20, "short-token", "a token with spaces in it", "tab\tinside-a-long-token"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+def test_weak_admin_token_is_refused(host, token):
+    """Hardening #9: a one-character or whitespace token used to pass for a non-loopback bind."""
+    with pytest.raises(InsecureBindError, match="at least 16 characters"):
+        check_bind(host, token)
+
+
+def test_weak_token_is_a_one_line_cli_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    aigw = Path(sys.executable).parent / "aigw"
+    for cmd in ("admin", "up"):
+        proc = subprocess.run([str(aigw), cmd, "--admin-host", "0.0.0.0", "--admin-token", "x", "--admin-port", "0",
+                               "--data", str(tmp_path / "d" / "aigw.json")], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2, (cmd, proc.stdout, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "at least 16 characters" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
