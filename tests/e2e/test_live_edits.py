@@ -126,3 +126,18 @@ def test_health_is_forgotten_when_the_origin_changes(admin, proxy, subdomain, mo
     assert took <= APPLY_WITHIN
     r = _chat(proxy, subdomain, cfg["key"])
     assert r.status == 200 and "x-gateway-fail-open" not in r.headers
+
+
+def test_deleted_key_stops_working_within_the_interval(admin, proxy, subdomain, mock_factory):
+    mock = mock_factory("openai-mock", "sk-openai-test")
+    cfg = admin.guide_setup([openai_target(mock.port, weight=1)], subdomain=subdomain)
+    assert _chat(proxy, subdomain, cfg["key"]).status == 200
+    gid = cfg["gateway"]["id"]
+    key_id = admin.ok("GET", f"/gateways/{gid}/keys")
+    key_id = (key_id if isinstance(key_id, list) else key_id.get("keys", key_id.get("items")))[0]["id"]
+    r = admin.call("DELETE", f"/gateways/{gid}/keys/{key_id}")
+    answered = time.monotonic()
+    assert r.status in (200, 204)
+    took = _applied_after(answered, lambda: _chat(proxy, subdomain, cfg["key"]).status == 401)
+    assert took <= APPLY_WITHIN
+    print(f"deleted key refused {took * 1000:.0f} ms after the DELETE answered")
