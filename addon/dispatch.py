@@ -22,7 +22,7 @@ from store.health_file import target_key
 from addon.relay import Parked, Relay
 from addon.upstream import HOP_BY_HOP, Attempt, Outcome, UpstreamClient, classify_status, response_headers
 from providers import GatewayError, TargetSpec
-from store.models import Failover
+from store.models import GATEWAY_OWNED_HEADERS, Failover, host_problem, path_problem
 
 log = logging.getLogger("aigw.dispatch")
 
@@ -70,8 +70,13 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def target_origin(target: Any) -> tuple[str, str, int]:
+    """(scheme, host, port) of a target. A stored host that is no bare name or IP address (a record written
+    before the admin API checked hosts) raises GatewayError(502): for the dispatcher, a failed attempt."""
     provider = getattr(target, "provider", None)
     if getattr(target, "host", None):
+        problem = host_problem(target.host)
+        if problem:
+            raise GatewayError(502, "api_error", f"target misconfigured: {problem}")
         scheme = target.protocol or "https"
         port = target.port or (443 if scheme == "https" else 80)
         return scheme, target.host, port
@@ -83,8 +88,11 @@ def target_origin(target: Any) -> tuple[str, str, int]:
 def credential_headers(target: Any) -> dict[str, str]:
     """The target's own headers and credentials, for calls the providers layer does not build (passthrough, probes)."""
     provider = getattr(target, "provider", None) or "openai-compatible"
-    return {**(getattr(target, "headers", None) or {}),
-            **providers.auth_headers(provider, getattr(target, "credentials", None))}
+    headers = {**(getattr(target, "headers", None) or {}),
+               **providers.auth_headers(provider, getattr(target, "credentials", None))}
+    # Framing headers of a record stored before the admin API refused them: the gateway frames the request.
+    return {k: v for k, v in headers.items()
+            if k.lower() not in GATEWAY_OWNED_HEADERS and not k.lower().startswith("proxy-")}
 
 
 # Request headers never copied to an untranslated upstream call: hop-by-hop and framing ones (the body is sent
@@ -96,15 +104,33 @@ def _passthrough_headers(flow_headers: Any, target: Any) -> dict[str, str]:
     """Client headers minus hop-by-hop and the client's gateway key, plus the target's headers and credentials.
 
     An `Authorization` header is the caller's own (e.g. its provider key) unless it carries the gateway key."""
+    from addon.ingress import header_items
     gateway_key = routing.client_key(flow_headers)
     headers = {}
-    for k, v in flow_headers.items():
+    for k, v in header_items(flow_headers):  # one pass (mitmproxy's Headers.items() is quadratic)
         lk = k.lower()
         if lk in _NOT_FORWARDED or (lk == "authorization" and gateway_key and gateway_key in v):
             continue
         headers[k] = v
     headers.update(credential_headers(target))
     return headers
+
+
+# (target, cause) pairs already logged as unusable: a broken stored target fails every request, logged once.
+_REPORTED_BROKEN: set[tuple[str, str]] = set()
+
+
+def _broken_target(target: Any, route: routing.Route, why: str, exc: BaseException | None = None) -> Outcome:
+    """A target that cannot be called at all (a stored host or path the admin API now refuses, a request the
+    HTTP client rejects, an unforeseen error): a failed attempt like a connection error — the next candidate is
+    tried and health counts it. `why` names the cause, never a value (a URL can hold credentials)."""
+    upstream_id = getattr(route.upstream, "id", None) or getattr(route.service, "id", "?")
+    key = (target_key(upstream_id, getattr(target, "id", "?")), why)
+    if key not in _REPORTED_BROKEN and len(_REPORTED_BROKEN) < 10_000:
+        _REPORTED_BROKEN.add(key)
+        log.warning("aigw: target %s cannot be called (%s); counted as a failed attempt", key[0], why,
+                    exc_info=exc)
+    return Outcome("failure", reason="connect", error=GatewayError(502, "api_error", f"target unusable: {why}"))
 
 
 def error_response(ingress: str | None, err: GatewayError) -> Reply:
@@ -218,6 +244,9 @@ class Dispatcher:
                     attempts.append(f"{label}:unsupported")
                     unsupported = unsupported or err
                     continue
+                except Exception as exc:
+                    # Whatever went wrong with this target is a failed attempt (next candidate, health), not a 500.
+                    outcome = _broken_target(target, route, f"unexpected {type(exc).__name__}", exc)
                 upstream_seconds += time.perf_counter() - t_attempt
                 if outcome.kind == "failure":
                     code = str(outcome.status) if outcome.status else outcome.reason
@@ -241,7 +270,7 @@ class Dispatcher:
                 if policy is not None and outcome.kind != "stream":
                     self.live.health.success(key, policy, outcome.ttfb)
                 if outcome.kind == "stream":
-                    reply = self._park(outcome, key, policy, provider, canon, ingress)
+                    reply = self._park(outcome, key, policy, provider, canon, ingress, deadline)
                     handed_off = True
                     return self._finish(reply, attempts, provider, target, fail_open, started, upstream_seconds)
                 return self._finish(self._complete(outcome, canon, provider, ingress), attempts, provider, target,
@@ -298,30 +327,41 @@ class Dispatcher:
 
     async def _attempt_once(self, target: Any, provider: str | None, canon: Any, route: routing.Route, method: str,
                             path: str, headers: Any, body: bytes, failover: Any, remaining: float) -> Outcome:
-        scheme, host, port = target_origin(target)
-        if provider and canon is not None:
-            model = routing.map_model(canon.model, target)
-            spec = TargetSpec(provider=provider, model=model, path=getattr(target, "path", None),
-                              credentials=getattr(target, "credentials", None),
-                              headers=getattr(target, "headers", None) or {},
-                              api_version=getattr(target, "api_version", None),
-                              max_tokens_default=getattr(target, "max_tokens_default", None))
-            up = providers.build_upstream_request(canon, spec)
-            req_method, req_path, req_headers, req_body, stream = up.method, up.path, up.headers, up.body, up.stream
-        else:
-            req_method = method
-            # A provider target's `path` is its chat endpoint, not a base: other provider paths (models,
-            # count_tokens, …) keep their own path.
-            base = None if provider else getattr(target, "path", None)
-            req_path = routing.forwarded_path(path, route.rule, base)
-            req_headers = _passthrough_headers(headers, target)
-            req_body = body
-            stream = False
-        attempt = Attempt(method=req_method, url=f"{scheme}://{host}:{port}{req_path}", headers=req_headers,
-                          body=req_body, stream=stream, connect_timeout=min(failover.connect_timeout, remaining),
-                          headers_timeout=min(failover.headers_timeout, remaining),
-                          first_token_timeout=min(failover.first_token_timeout, remaining),
-                          idle_timeout=failover.idle_timeout)
+        try:
+            scheme, host, port = target_origin(target)
+            target_path = getattr(target, "path", None)
+            problem = path_problem(target_path) if target_path else None
+            if problem:
+                raise GatewayError(502, "api_error", f"target misconfigured: {problem}")
+            if provider and canon is not None:
+                model = routing.map_model(canon.model, target)
+                spec = TargetSpec(provider=provider, model=model, path=target_path,
+                                  credentials=getattr(target, "credentials", None),
+                                  headers=getattr(target, "headers", None) or {},
+                                  api_version=getattr(target, "api_version", None),
+                                  max_tokens_default=getattr(target, "max_tokens_default", None))
+                up = providers.build_upstream_request(canon, spec)
+                req_method, req_path, req_headers, req_body, stream = (up.method, up.path, up.headers, up.body,
+                                                                       up.stream)
+            else:
+                req_method = method
+                # A provider target's `path` is its chat endpoint, not a base: other provider paths (models,
+                # count_tokens, …) keep their own path.
+                base = None if provider else target_path
+                req_path = routing.forwarded_path(path, route.rule, base)
+                req_headers = _passthrough_headers(headers, target)
+                req_body = body
+                stream = False
+            netloc = f"[{host}]" if ":" in host and not host.startswith("[") else host  # IPv6 literal
+            attempt = Attempt(method=req_method, url=f"{scheme}://{netloc}:{port}{req_path}", headers=req_headers,
+                              body=req_body, stream=stream, connect_timeout=min(failover.connect_timeout, remaining),
+                              headers_timeout=min(failover.headers_timeout, remaining),
+                              first_token_timeout=min(failover.first_token_timeout, remaining),
+                              idle_timeout=failover.idle_timeout)
+        except GatewayError as err:
+            if err.status == 400:
+                raise  # the caller's request (e.g. its model) does not suit this target: the loop decides
+            return _broken_target(target, route, err.message)
         t0 = time.perf_counter()
         try:
             resp = await self.client.send(attempt)
@@ -331,6 +371,8 @@ class Dispatcher:
             return Outcome("failure", reason="connect", error=GatewayError(502, "api_error", type(exc).__name__))
         except OSError as exc:
             return Outcome("failure", reason="connect", error=GatewayError(502, "api_error", type(exc).__name__))
+        except Exception as exc:  # e.g. ValueError: a header or URL the HTTP client refuses to send
+            return _broken_target(target, route, f"request refused by the HTTP client: {type(exc).__name__}")
         ttfb = time.perf_counter() - t0
         status = resp.status
         rheaders = response_headers(resp)
@@ -432,7 +474,10 @@ class Dispatcher:
                                                                      f"Upstream failed: {outcome.reason}"))
 
     def _park(self, outcome: Outcome, key: str, policy: Any, provider: str | None, canon: Any,
-              ingress: str | None) -> Reply:
+              ingress: str | None, deadline: float = float("inf")) -> Reply:
+        """Hand a committed stream to the relay. It stays bounded: `idle_timeout` counts from the last event
+        the caller got (a trickle of bytes that never completes an event is idle), `total_timeout` from the
+        request's start (`deadline`, monotonic); either ends it with an error event in the caller's format."""
         health = self.live.health
         resp, translator, idle = outcome.response, outcome.translator, outcome.idle_timeout
         finished = {"done": False}
@@ -455,15 +500,25 @@ class Dispatcher:
             try:
                 if outcome.buffered:
                     await write(outcome.buffered)
+                progress = time.monotonic()  # when the caller last got something
                 while True:
-                    try:
-                        async with asyncio.timeout(idle):
-                            chunk = await resp.content.readany()
-                    except TimeoutError:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        why = "stream total timeout after commit"
+                        if translator is not None:
+                            await write(translator.abort("The answer took longer than the upstream's "
+                                                         "total_timeout.", "timeout"))
+                        return
+                    if now - progress >= idle:
                         why = "stream idle timeout after commit"
                         if translator is not None:
                             await write(translator.abort("The provider stopped sending mid-stream.", "timeout"))
                         return
+                    try:
+                        async with asyncio.timeout(min(deadline, progress + idle) - now):
+                            chunk = await resp.content.readany()
+                    except TimeoutError:
+                        continue  # the checks above say which bound was reached
                     except aiohttp.ClientError:
                         if caller_gone["yes"]:
                             ok = True  # we closed it: the caller hung up; the provider did nothing wrong
@@ -481,12 +536,21 @@ class Dispatcher:
                         else:
                             ok = True
                         return
-                    if translator is not None:
-                        out = translator.feed(chunk)
-                        if out:
-                            await write(out)
-                    else:
+                    if translator is None:
                         await write(chunk)
+                        progress = time.monotonic()
+                        continue
+                    out = translator.feed(chunk)
+                    if out:
+                        await write(out)
+                        progress = time.monotonic()
+                    if translator.done or translator.upstream_error is not None:
+                        # Terminal or error event seen: nothing more is delivered, so stop reading now.
+                        await write(translator.finish())
+                        ok = translator.done and translator.upstream_error is None
+                        if not ok:
+                            why = f"stream error after commit: {translator.upstream_error.message}"[:300]
+                        return
             except (ConnectionError, asyncio.CancelledError):
                 ok = True  # the caller went away; the provider did nothing wrong
                 raise

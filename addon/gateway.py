@@ -10,13 +10,15 @@ import logging
 import os
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.utils import human
 from mitmproxy.utils.asyncio_utils import create_task
 
+import providers
 from addon.dispatch import Dispatcher, Settings, target_origin, credential_headers
+from addon.ingress import Ingress, Limits, decode_body, mask_query
 from addon.live import LiveConfig
 from addon.probes import Prober
 from addon.relay import Relay
-from addon.routing import client_key
 from addon.upstream import UpstreamClient
 
 log = logging.getLogger("aigw")
@@ -32,6 +34,26 @@ def _mask(secret: str) -> str:
     return f"{secret[:5]}…{secret[-4:]}" if len(secret) > 12 else "…"
 
 
+def _mask_once(secret: str) -> str:
+    return secret if "…" in secret else _mask(secret)  # a mask masked again would lose its prefix
+
+
+# Request headers that carry a key — the gateway's (X-TG-API-Key, X-Api-Key, a bearer token) or, untranslated,
+# the caller's own provider credential (Authorization): masked in what the flow keeps.
+_KEY_HEADERS = ("x-tg-api-key", "x-api-key", "authorization")
+
+
+def _mask_header(name: str, value: str) -> str:
+    value = value.strip()
+    if "…" in value or not value:
+        return value
+    if name == "authorization":
+        scheme, sep, credential = value.partition(" ")
+        if sep and credential.strip():
+            return f"{scheme} {_mask(credential.strip())}"
+    return _mask(value)
+
+
 class GatewayAddon:
     def __init__(self) -> None:
         self.live: LiveConfig | None = None
@@ -43,6 +65,10 @@ class GatewayAddon:
         self._prober: asyncio.Task | None = None
         # Relayed streams in progress: flow id → (client connection id, stop function).
         self._streams: dict[str, tuple[str, object]] = {}
+        # What _redact masked at requestheaders, by flow id, until the dispatcher has used it (never in the flow).
+        self._concealed: dict[str, dict] = {}
+        self.ingress = Ingress()
+        self._watchdog: asyncio.Task | None = None
 
     # -- lifecycle (sync, DESIGN.md decision 8) --------------------------------------------------------------
     def load(self, loader) -> None:
@@ -51,12 +77,40 @@ class GatewayAddon:
         loader.add_option("aigw_base_domain", str, os.environ.get("AIGW_BASE_DOMAIN", ""),
                           "aigw: base domain; the Host label before it names the gateway (empty: first label).")
         loader.add_option("aigw_max_body", int, 10 * 1024 * 1024,
-                          "aigw: largest request body accepted, in bytes (larger: 413).")
+                          "aigw: largest request body accepted, in bytes (larger: 413), also once decoded.")
+        loader.add_option("aigw_max_headers", int, 256,
+                          "aigw: most request header fields accepted (more: 431).")
+        loader.add_option("aigw_max_header_bytes", int, 64 * 1024,
+                          "aigw: largest total size of the request header fields, in bytes (larger: 431).")
+        # A string holding a number: mitmproxy's --set parses no float options.
+        loader.add_option("aigw_client_timeout", str, "60",
+                          "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
+                          "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
 
     def configure(self, updated) -> None:
         opts = ctx.options
         if "aigw_max_body" in updated and opts.aigw_max_body <= 0:
             raise exceptions.OptionsError("aigw_max_body must be positive")
+        for name in ("aigw_max_headers", "aigw_max_header_bytes"):
+            if name in updated and getattr(opts, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be positive")
+        try:
+            client_timeout = float(opts.aigw_client_timeout)
+        except ValueError:
+            client_timeout = -1.0
+        if not 0 <= client_timeout < float("inf"):
+            raise exceptions.OptionsError("aigw_client_timeout must be a number of seconds, 0 (no limit) or more")
+        self.ingress.limits = Limits(max_headers=opts.aigw_max_headers, max_header_bytes=opts.aigw_max_header_bytes,
+                                     max_body=opts.aigw_max_body, client_timeout=client_timeout)
+        # mitmproxy buffers a request body before the request hook: it must stop reading at aigw_max_body
+        # (a chunked body has no Content-Length to refuse early). The addon answers in the caller's format.
+        if "body_size_limit" in opts:
+            try:
+                own_limit = human.parse_size(opts.body_size_limit)
+            except ValueError:
+                own_limit = None
+            if own_limit is None or own_limit > opts.aigw_max_body:
+                opts.body_size_limit = str(opts.aigw_max_body)
         path = os.path.abspath(opts.aigw_data)
         if self.live is None or path != self.live.data_path:
             if self.live is not None:
@@ -78,6 +132,7 @@ class GatewayAddon:
             _spawn(self.relay.start(), name="aigw-relay-start")
             prober = Prober(lambda: self.live, self.client, target_origin, credential_headers)
             self._prober = _spawn(prober.run(), name="aigw-active-probes")
+            self._watchdog = _spawn(self.ingress.run_watchdog(), name="aigw-client-watchdog")
 
     def done(self) -> None:
         if self.live is not None:
@@ -86,6 +141,10 @@ class GatewayAddon:
         if self._prober is not None:
             self._prober.cancel()
             self._prober = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self.ingress.stop()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -94,7 +153,20 @@ class GatewayAddon:
         loop.create_task(self.client.close())
 
     # -- hooks ----------------------------------------------------------------------------------------------
+    def client_connected(self, client) -> None:
+        self.ingress.client_connected(client)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Header limits and a declared body over aigw_max_body: refused before the body is read.
+        self.ingress.requestheaders(flow)
+        # Masked now: a flow mitmproxy ends before the request hook (malformed framing, a client gone) is saved
+        # as it stands. The dispatcher gets the real values back (request hook).
+        original = self._redact(flow)
+        if original and flow.response is None:
+            self._concealed[flow.id] = original
+
     async def request(self, flow: http.HTTPFlow) -> None:
+        self.ingress.request(flow)
         if flow.response is not None or flow.error is not None or self.dispatcher is None:
             return
         if not self.relay.port:
@@ -104,9 +176,17 @@ class GatewayAddon:
                 await self.relay.start()
         req = flow.request
         try:
-            body = req.content or b""  # decoded when the client sent Content-Encoding
-        except ValueError:
-            body = None
+            # Decoded (Content-Encoding) incrementally, never past aigw_max_body: 413/400 in the caller's format.
+            body = decode_body(req.raw_content or b"", req.headers.get("content-encoding"),
+                               self.ingress.limits.max_body)
+        except providers.GatewayError as err:
+            self._concealed.pop(flow.id, None)
+            reply = providers.error_reply(providers.ingress_for_path(req.path) or "openai", err)
+            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+            return
+        original = self._concealed.pop(flow.id, None)
+        if original:
+            self._unmask(flow, original)
         reply = await self.dispatcher.handle(method=req.method, path=req.path, host=req.host_header or req.host,
                                              headers=req.headers, body=body)
         self._redact(flow)
@@ -150,13 +230,18 @@ class GatewayAddon:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._streams.pop(flow.id, None)
+        self._concealed.pop(flow.id, None)
+        self.ingress.response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         stream = self._streams.pop(flow.id, None)
         if stream is not None:
             stream[1]()
+        self._concealed.pop(flow.id, None)
+        self.ingress.error(flow)  # a chunked body past aigw_max_body: 413 in the caller's format
 
     def client_disconnected(self, client) -> None:
+        self.ingress.client_disconnected(client)
         # mitmproxy may keep reading a relayed stream after its caller left; stop it at the source.
         for flow_id, (client_id, stop) in list(self._streams.items()):
             if client_id == client.id:
@@ -164,14 +249,33 @@ class GatewayAddon:
                 stop()
 
     @staticmethod
-    def _redact(flow: http.HTTPFlow) -> None:
-        """Keep no usable client key in what the flow stores (mitmweb shows it)."""
-        headers = flow.request.headers
-        key = client_key(headers)
-        if not key:
-            return
-        for name in ("x-tg-api-key", "x-api-key"):
-            if name in headers:
-                headers[name] = _mask(headers[name])
-        if headers.get("authorization", "").lower().startswith("bearer "):
-            headers["authorization"] = "Bearer " + _mask(key)
+    def _redact(flow: http.HTTPFlow) -> dict | None:
+        """Keep no usable key in what the flow stores (mitmweb shows it, `-w` saves it): the key headers
+        (_KEY_HEADERS) and key-like query parameters (`?key=`, ingress.SECRET_QUERY_PARAMS — the gateway reads
+        its key only from headers, but a caller may put one, or a provider key, in the URL).
+
+        Returns what it replaced ({"path": …, header name: [values]}), None when nothing was."""
+        req = flow.request
+        original: dict = {}
+        if "?" in req.path:
+            masked = mask_query(req.path, _mask_once)
+            if masked != req.path:
+                original["path"] = req.path
+                req.path = masked
+        headers = req.headers
+        for name in _KEY_HEADERS:
+            values = headers.get_all(name)
+            if values:
+                masked_values = [_mask_header(name, v) for v in values]
+                if masked_values != values:
+                    original[name] = values
+                    headers.set_all(name, masked_values)
+        return original or None
+
+    @staticmethod
+    def _unmask(flow: http.HTTPFlow, original: dict) -> None:
+        for name, value in original.items():
+            if name == "path":
+                flow.request.path = value
+            else:
+                flow.request.headers.set_all(name, value)

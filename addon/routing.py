@@ -6,6 +6,7 @@ raised as ``providers.GatewayError`` with the status codes of the proxy contract
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -97,6 +98,7 @@ def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, 
     if getattr(gateway, "status", "active") != "active":
         raise GatewayError(404, "not_found", "This gateway is inactive.", code="gateway_not_found")
 
+    check_request_path(path)
     rule = snapshot.match_rule(gateway.id, path.split("?", 1)[0], method)
     if rule is None:
         raise GatewayError(404, "not_found", f"No rule of this gateway matches {method} {path.split('?', 1)[0]}.",
@@ -112,6 +114,48 @@ def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, 
     return Route(gateway=gateway, key=key, rule=rule, service=service, upstream=upstream)
 
 
+# What a request path may hold: RFC 3986 pchar and "/" (percent-escapes checked separately).
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# A query is forwarded as is: visible ASCII without "#" (a fragment would be cut off on the way out).
+_QUERY_CHARS = re.compile(r"[\x21-\x22\x24-\x7e]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# Encoded "/", "\\", "%" and NUL: a provider that decodes them (once or twice) sees other segments than the
+# ones matched.
+_ENCODED_SEPARATOR = re.compile(r"%(2[Ff]|5[Cc]|25|00)")
+
+
+def request_path_problem(path: str) -> str | None:
+    """Why a request target (path and query) is refused, or None when it is forwarded as is.
+
+    The rule is matched on the raw path and the same raw path goes upstream (never re-normalised), so every
+    form a server could resolve differently from a plain prefix is refused rather than normalised: dot segments
+    (also percent-encoded, any case), empty segments ("//"), backslashes, encoded "/", "\\", "%" or NUL, malformed
+    escapes, and anything outside RFC 3986 path characters."""
+    base, _, query = path.partition("?")
+    if not base.startswith("/"):
+        return "the request path must start with '/'"
+    if not _PATH_CHARS.fullmatch(base) or not _QUERY_CHARS.fullmatch(query):
+        return "the request path holds characters that must be percent-encoded (or a '#', a '\\' or whitespace)"
+    if _BAD_ESCAPE.search(base):
+        return "the request path holds a malformed percent-escape"
+    if _ENCODED_SEPARATOR.search(base):
+        return "the request path holds an encoded '/', '\\', '%' or NUL"
+    segments = base.split("/")[1:]
+    for i, segment in enumerate(segments):
+        if segment == "" and i != len(segments) - 1:
+            return "the request path holds an empty segment ('//')"
+        if segment.lower().replace("%2e", ".") in (".", ".."):
+            return "the request path holds a '.' or '..' segment"
+    return None
+
+
+def check_request_path(path: str) -> None:
+    """Raise GatewayError(400) for a path that could reach a provider path its rule does not cover."""
+    problem = request_path_problem(path)
+    if problem:
+        raise GatewayError(400, "invalid_request", f"Refused: {problem}.", code="invalid_path")
+
+
 def map_model(requested: str | None, target: Any) -> str | None:
     """A requested model listed in the target's `models` is kept; any other (or none) becomes `default_model`."""
     models = getattr(target, "models", None) or []
@@ -124,13 +168,18 @@ def map_model(requested: str | None, target: Any) -> str | None:
 
 
 def forwarded_path(path: str, rule: Any, target_path: str | None) -> str:
-    """Path for an untranslated (provider-less) target: optional strip of the rule prefix, then the target's path."""
+    """Path for an untranslated (provider-less) target: optional strip of the rule prefix, then the target's path.
+
+    The caller's path is kept byte for byte (it passed `check_request_path`): no decoding, no normalising, so the
+    path the rule matched is the path that goes out. A query in the target's path comes first, then the caller's."""
     base, _, query = path.partition("?")
     if getattr(rule, "strip_path", False):
         prefix = rule.path.rstrip("/")
         base = base[len(prefix):] if base.startswith(prefix) else base
     if target_path:
-        base = target_path.rstrip("/") + ("/" + base.lstrip("/") if base.strip("/") else "")
+        target_base, _, target_query = target_path.partition("?")
+        base = target_base.rstrip("/") + ("/" + base.lstrip("/") if base.strip("/") else "")
+        query = "&".join(q for q in (target_query, query) if q)
     if not base.startswith("/"):
         base = "/" + base
     return base + ("?" + query if query else "")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from providers import GatewayError
 
@@ -83,13 +84,15 @@ class UpstreamClient:
     async def send(self, attempt: Attempt) -> aiohttp.ClientResponse:
         """Open the request and wait for the response headers (connect + headers time-outs).
 
-        Raises asyncio.TimeoutError or aiohttp.ClientError; the caller classifies.
+        Raises asyncio.TimeoutError or aiohttp.ClientError; the caller classifies. The URL goes out exactly as
+        built (`encoded=True`): yarl would otherwise resolve dot segments and decode escapes, sending a path other
+        than the one the rule matched.
         """
         timeout = aiohttp.ClientTimeout(total=None, connect=attempt.connect_timeout,
                                         sock_connect=attempt.connect_timeout, sock_read=None)
         async with asyncio.timeout(attempt.connect_timeout + attempt.headers_timeout):
             return await self.session().request(
-                attempt.method, attempt.url, headers=attempt.headers, data=attempt.body or None,
+                attempt.method, URL(attempt.url, encoded=True), headers=attempt.headers, data=attempt.body or None,
                 timeout=timeout, allow_redirects=False, compress=None)
 
     @staticmethod

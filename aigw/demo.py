@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,24 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`aigw up` exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port}")
+from aigw.procs import free_port, stop_process, wait_port
 
 
 def _call(method: str, url: str, body=None, headers=None):
@@ -51,10 +33,10 @@ def _call(method: str, url: str, body=None, headers=None):
 
 
 def run_demo(requests: int = 40) -> int:
-    from aigw.mock_provider import MockProviderThread
+    from aigw.mock import MockProviderThread
 
     tmp = Path(tempfile.mkdtemp(prefix="aigw-demo-"))
-    admin_port, proxy_port = _free_port(), _free_port()
+    admin_port, proxy_port = free_port(), free_port()
     openai_mock = MockProviderThread(api_key="sk-demo-openai", name="openai-mock")
     anthropic_mock = MockProviderThread(api_key="sk-demo-anthropic", name="anthropic-mock")
     oa_port, an_port = openai_mock.start(), anthropic_mock.start()
@@ -63,8 +45,8 @@ def run_demo(requests: int = 40) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "aigw.cli", "up", "--admin-port", str(admin_port),
                              "--proxy-port", str(proxy_port)], env=env)
     try:
-        _wait(admin_port, proc)
-        _wait(proxy_port, proc)
+        wait_port(admin_port, 30.0, proc, what="`aigw up`")
+        wait_port(proxy_port, 30.0, proc, what="`aigw up`")
         api = f"http://127.0.0.1:{admin_port}/api/v1"
         print(f"gateway: admin {api}, proxy http://127.0.0.1:{proxy_port}\n")
 
@@ -121,11 +103,7 @@ def run_demo(requests: int = 40) -> int:
         print("\nEvery request was answered in OpenAI format, whichever provider served it.")
         return 0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         for mock in (openai_mock, anthropic_mock):
             try:
                 mock.stop()

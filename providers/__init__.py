@@ -25,9 +25,11 @@ are reproducible in tests; defaults are time.time and random hex ids.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+from urllib.parse import quote
 
 from . import anthropic as _anthropic
 from . import gemini as _gemini
@@ -103,19 +105,23 @@ def parse_request(ingress: str, body: bytes, headers: Mapping[str, str] | None =
     """`headers` are the client's request headers (optional): the ones in FORWARDED_CLIENT_HEADERS
     are kept on the request and sent to same-family targets."""
     req = _parse_request(ingress, body)
-    if headers:
-        wanted = FORWARDED_CLIENT_HEADERS.get(ingress, ())
-        for k, v in headers.items():
-            if k.lower() in wanted:
-                req.client_headers[k.lower()] = v
+    wanted = FORWARDED_CLIENT_HEADERS.get(ingress, ())
+    if headers and wanted:
+        # One pass over the fields: mitmproxy's Headers.items() rescans every field per name (quadratic).
+        fields = getattr(headers, "fields", None)
+        pairs = (((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                  for k, v in fields if k.decode("latin-1").lower() in wanted)
+                 if fields is not None else headers.items())
+        for k, v in pairs:
+            lk = k.lower()
+            if lk in wanted:  # repeated fields fold with ", ", as Headers.items() does
+                req.client_headers[lk] = f"{req.client_headers[lk]}, {v}" if lk in req.client_headers else v
     return req
 
 
 def _parse_request(ingress: str, body: bytes) -> CanonicalRequest:
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise GatewayError(400, "invalid_request", f"request body is not valid JSON: {e}") from None
+    from .jsonsafe import loads_request  # strict: NaN/Infinity, nesting > 128, lone surrogates are 400s
+    obj = loads_request(body)
     if not isinstance(obj, dict):
         raise GatewayError(400, "invalid_request", "request body must be a JSON object")
     parse = {"openai": _openai.parse_request, "anthropic": _anthropic.parse_request}.get(ingress)
@@ -160,8 +166,36 @@ def auth_headers(provider: str, credentials: Any) -> dict[str, str]:
     return _auth_headers(provider, credentials)
 
 
+# A model id as it may appear anywhere (the request body): visible ASCII, bounded. Real ids hold "/" and ":"
+# (`meta-llama/Llama-3.1-8B`, `llama3:8b`, `openai/gpt-4o:free`).
+_MODEL_ID = re.compile(r"[\x21-\x7e]{1,256}")
+# A model id that becomes one path segment (Gemini model, Azure deployment): no "/", "?", "#", "%", no dot segment.
+_MODEL_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:@+~-]{0,255}")
+# Framing and hop-by-hop headers: the gateway frames the upstream request itself; a target's header or
+# credential with one of these names (a record stored before the admin API refused them) is dropped.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host", "upgrade",
+                              "te", "trailer", "trailers", "content-encoding"})
+
+
+def _framing_header(name: str) -> bool:
+    name = name.lower()
+    return name in _FRAMING_HEADERS or name.startswith("proxy-")
+
+
+def _model_segment(model: str, provider: str) -> str:
+    """The model as one percent-escaped path segment; a model that is no plausible id is the caller's 400."""
+    if not _MODEL_SEGMENT.fullmatch(model):
+        raise GatewayError(400, "invalid_request",
+                           f"model {model[:80]!r} is not a valid {provider} model id (letters, digits and "
+                           "'.', '_', '-', ':', '@', '+', '~'; no '/'; at most 256 characters)", param="model",
+                           code="invalid_model")
+    return quote(model, safe=":@+~")
+
+
 def _path(req: CanonicalRequest, target: TargetSpec, model: str) -> str:
     provider, path = target.provider, target.path
+    if provider in ("gemini", "azure") and "{model}" in (path or "{model}"):
+        model = _model_segment(model, provider)
     if provider == "gemini":
         path = path or "/v1beta/models/{model}:generateContent"
         if req.stream and ":generateContent" in path:
@@ -172,7 +206,8 @@ def _path(req: CanonicalRequest, target: TargetSpec, model: str) -> str:
     if provider == "azure":
         path = (path or "/openai/deployments/{model}/chat/completions").replace("{model}", model)
         if "api-version=" not in path and "/openai/v1/" not in path:
-            path += ("&" if "?" in path else "?") + "api-version=" + (target.api_version or AZURE_API_VERSION)
+            path += ("&" if "?" in path else "?") + "api-version=" + quote(target.api_version or AZURE_API_VERSION,
+                                                                           safe="")
         return path
     if path:
         return path
@@ -185,6 +220,9 @@ def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> Upstrea
     model = target.model or req.model
     if not model:
         raise GatewayError(400, "invalid_request", "no model given and the target has no default model", param="model")
+    if not _MODEL_ID.fullmatch(model):
+        raise GatewayError(400, "invalid_request", f"model {model[:80]!r} is not a valid model id (visible ASCII "
+                           "characters, at most 256)", param="model", code="invalid_model")
     try:
         if family == "openai":
             body = _openai.build_body(req, provider, model)
@@ -204,6 +242,8 @@ def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> Upstrea
         if provider == "anthropic" and k.lower() == "anthropic-version":
             headers.pop("anthropic-version", None)
         headers[k] = v
+    for k in [k for k in headers if _framing_header(k)]:
+        del headers[k]
     if req.stream:
         headers["accept"] = "text/event-stream"
         headers["accept-encoding"] = "identity"

@@ -185,7 +185,13 @@ Clock = Callable[[], float]
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # An unpaired surrogate (request bodies holding one are refused at parse; a provider's answer may still
+        # carry one): kept as its \u escape, which is valid JSON, instead of failing the request.
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def want(obj: dict, key: str, types: tuple, what: str, required: bool = False) -> Any:

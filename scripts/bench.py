@@ -2,8 +2,15 @@
 
 (a) client → mitmdump --mode reverse:<mock> → mock /v1/messages           (Anthropic request, untouched)
 (b) client → mitmdump + aigw addon → auth + balancing + OpenAI→Anthropic translation → mock /v1/messages
+(c) --failover-cost: as (b), but every request first hits a target that refuses connections
+(r) --realistic: as (a), with what an SDK really sends: ~20 headers (User-Agent, Accept-Encoding, X-Stainless-*,
+    Authorization, ...) and a gzip-compressed multi-turn JSON body (Content-Encoding: gzip)
+(d) --realistic: as (b), with the same realistic requests (the gateway checks the header count/size bounds and
+    inflates the body under its size bound) — d/b is what realistic requests cost the gateway, r/a what they
+    cost bare mitmdump; when the request bounds cost nothing measurable, d/b ≈ r/a
 
-Prints requests/s, p50/p99 latency and peak RSS of the proxy process for each, and the ratio b/a.
+Prints requests/s, p50/p99 latency and peak RSS of the proxy process for each, and the ratio b/a (and d/b, r/a,
+d/r with --realistic).
 The load generator runs in its own process (aiohttp, fixed concurrency, fixed duration, warm-up first).
 """
 
@@ -11,10 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,25 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from aigw.procs import free_port, start_logged, wait_port
+from aigw.procs import stop_process as stop
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} not listening")
 
 
 def rss_kb(pid: int) -> int:
@@ -55,8 +47,11 @@ def rss_kb(pid: int) -> int:
 
 # --- load generator (runs in a child process) --------------------------------------------------------------
 async def _load(url: str, headers: dict, body: bytes, concurrency: int, duration: float, warmup: float,
-                stream: bool) -> dict:
+                stream: bool, gzip_body: bool = False) -> dict:
     import aiohttp
+
+    if gzip_body:
+        body = gzip.compress(body, mtime=0)
 
     latencies: list[float] = []
     errors = 0
@@ -94,9 +89,9 @@ async def _load(url: str, headers: dict, body: bytes, concurrency: int, duration
             "mean_ms": 1000 * statistics.fmean(latencies) if n else 0.0}
 
 
-def run_load(url: str, headers: dict, body: dict, args) -> dict:
+def run_load(url: str, headers: dict, body: dict, args, *, gzip_body: bool = False) -> dict:
     cmd = [sys.executable, __file__, "_load", url, json.dumps(headers), json.dumps(body), str(args.concurrency),
-           str(args.duration), str(args.warmup), "1" if args.stream else "0"]
+           str(args.duration), str(args.warmup), "1" if args.stream else "0", "1" if gzip_body else "0"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + args.warmup + 120)
     if out.returncode != 0:
         raise RuntimeError(out.stderr)
@@ -104,17 +99,7 @@ def run_load(url: str, headers: dict, body: dict, args) -> dict:
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=str(ROOT))
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    return start_logged(cmd, log, cwd=str(ROOT))
 
 
 def configure_gateway(data: Path, mock_port: int, *, subdomain: str = "bench", failing_port: int | None = None) -> str:
@@ -152,11 +137,45 @@ def configure_gateway(data: Path, mock_port: int, *, subdomain: str = "bench", f
     return post(f"/gateways/{gw['id']}/keys", {"name": "bench"})["key"]
 
 
+# --- realistic client requests (--realistic) ---------------------------------------------------------------
+_SYSTEM = ("You are a careful assistant for an online shop. Answer in the customer's language, keep answers short, "
+           "never invent order numbers, and ask for the order id when it is missing. ") * 6
+_TURNS = ["Hi, I ordered a kettle last week and it has not arrived yet.",
+          "I'm sorry to hear that. Could you give me your order id?",
+          "Sure, it is 4711-0815. The tracking page has said 'in transit' for five days now.",
+          "Thank you. I see the parcel left our warehouse on Monday; the carrier reports a delay in your region.",
+          "Can you send a replacement, or should I wait? I need it before the weekend.",
+          "I can offer either. Which one would you prefer?",
+          "Hello! Please send a replacement and cancel the first one if that is possible."]
+
+
+def realistic_bodies(stream: bool) -> tuple[dict, dict]:
+    """(OpenAI body for the gateway, Anthropic body for bare mitmdump): the same multi-turn conversation."""
+    msgs = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(_TURNS)]
+    openai = {"model": "gpt-4", "max_tokens": 64, "stream": stream, "temperature": 0.7, "user": "customer-1842",
+              "messages": [{"role": "system", "content": _SYSTEM}, *msgs]}
+    anthropic = {"model": "claude-3-sonnet", "max_tokens": 64, "stream": stream, "temperature": 0.7,
+                 "system": _SYSTEM, "metadata": {"user_id": "customer-1842"}, "messages": msgs}
+    return openai, anthropic
+
+
+def sdk_headers(auth: dict[str, str], sdk: str = "OpenAI") -> dict[str, str]:
+    """What the official Python SDKs send (plus Content-Encoding: gzip); with Content-Length, 20 headers."""
+    return {"host": "bench.example.com", "content-type": "application/json", "content-encoding": "gzip",
+            "accept": "application/json", "accept-encoding": "gzip, deflate", "user-agent": f"{sdk}/Python 1.99.0",
+            "x-stainless-lang": "python", "x-stainless-package-version": "1.99.0", "x-stainless-os": "Linux",
+            "x-stainless-arch": "x64", "x-stainless-runtime": "CPython", "x-stainless-runtime-version": "3.13.0",
+            "x-stainless-async": "async:asyncio", "x-stainless-retry-count": "0",
+            "x-stainless-read-timeout": "600", "x-stainless-timeout": "600", "x-request-source": "bench",
+            "connection": "keep-alive", **auth}
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_load":
         url, headers, body, conc, dur, warm, stream = sys.argv[2:9]
+        gzip_body = len(sys.argv) > 9 and sys.argv[9] == "1"
         res = asyncio.run(_load(url, json.loads(headers), body.encode(), int(conc), float(dur), float(warm),
-                                stream == "1"))
+                                stream == "1", gzip_body))
         print(json.dumps(res))
         return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,6 +188,11 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--failover-cost", action="store_true",
                    help="also measure requests that fail over once (first target refuses connections)")
+    p.add_argument("--realistic", action="store_true",
+                   help="also measure realistic client requests, (r) bare and (d) gateway: SDK-like headers (20 "
+                        "with Content-Length) and a gzip-compressed multi-turn JSON body; prints d/b (their cost "
+                        "in the gateway, header/body bounds and inflating included) beside r/a (their cost in "
+                        "bare mitmdump)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
@@ -176,7 +200,7 @@ def main() -> int:
     mock_port, bare_port, gw_port = free_port(), free_port(), free_port()
     procs = []
     try:
-        mock = start([sys.executable, "-m", "aigw.mock_provider", "--port", str(mock_port), "--api-key", "sk-bench",
+        mock = start([sys.executable, "-m", "aigw.mock", "--port", str(mock_port), "--api-key", "sk-bench",
                       "--name", "bench", "--chunk-delay", str(args.chunk_delay)], tmp / "mock.log")
         procs.append(mock)
         wait_port(mock_port)
@@ -215,6 +239,23 @@ def main() -> int:
             c = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                          {"content-type": "application/json", "x-api-key": fkey}, openai_body, args)
             result["gateway_with_one_failover"] = c
+        if args.realistic:
+            oa_real, an_real = realistic_bodies(args.stream)
+            r = run_load(f"http://127.0.0.1:{bare_port}/v1/messages",
+                         sdk_headers({"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}, "Anthropic"),
+                         an_real, args, gzip_body=True)
+            r["rss_kb"] = rss_kb(bare.pid)
+            d = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                         sdk_headers({"authorization": f"Bearer {key}"}), oa_real, args, gzip_body=True)
+            d["rss_kb"] = rss_kb(gw.pid)
+            raw = json.dumps(oa_real).encode()
+            result.update({
+                "bare_realistic": r, "gateway_realistic": d,
+                "realistic_request": {"headers": len(sdk_headers({"authorization": ""})) + 1,
+                                      "body_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, mtime=0))},
+                "ratio_rps_d_over_b": round(d["rps"] / b["rps"], 3) if b["rps"] else 0.0,
+                "ratio_rps_r_over_a": round(r["rps"] / a["rps"], 3) if a["rps"] else 0.0,
+                "ratio_rps_d_over_r": round(d["rps"] / r["rps"], 3) if r["rps"] else 0.0})
         if args.json:
             print(json.dumps(result, indent=2))
         else:
@@ -229,6 +270,15 @@ def main() -> int:
                       f"p99 {c['p99_ms']:7.2f} ms  errors {c['errors']}")
                 print(f"one failover (connection refused) costs {c['p50_ms'] - b['p50_ms']:+.2f} ms at p50, "
                       f"{c['p99_ms'] - b['p99_ms']:+.2f} ms at p99, under the same load")
+            if "gateway_realistic" in result:
+                r, d, req = result["bare_realistic"], result["gateway_realistic"], result["realistic_request"]
+                for name, x in (("(r) bare, realistic", r), ("(d) aigw, realistic", d)):
+                    print(f"{name:20s} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f} ms  p99 {x['p99_ms']:7.2f} ms  "
+                          f"errors {x['errors']}  peak RSS {x['rss_kb'] / 1024:.0f} MiB")
+                print(f"realistic requests ({req['headers']} headers, gzip body {req['body_bytes']} -> "
+                      f"{req['gzip_bytes']} bytes): gateway d/b {result['ratio_rps_d_over_b']:.3f} "
+                      f"(p50 {d['p50_ms'] - b['p50_ms']:+.2f} ms), bare r/a {result['ratio_rps_r_over_a']:.3f} "
+                      f"(p50 {r['p50_ms'] - a['p50_ms']:+.2f} ms); ratio d/r (req/s): {result['ratio_rps_d_over_r']:.3f}")
         return 0
     finally:
         for proc in procs:

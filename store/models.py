@@ -12,6 +12,7 @@ names) live in :class:`ApiKeyCreate` and in the repository respectively.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from datetime import datetime, timezone
@@ -143,11 +144,99 @@ def _is_input(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("admin_input"))
 
 
+#: Framing and hop-by-hop headers: the gateway sets them for each upstream request itself; a configured one would
+#: corrupt it (a ``Content-Length`` cuts the body short, a ``Host`` sends it to another virtual host).
+GATEWAY_OWNED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host",
+                                   "upgrade", "te", "trailer", "trailers", "content-encoding"})
+
+
 def check_header(name: str, value: str | None, what: str) -> None:
     if not HEADER_NAME.fullmatch(name):
         raise ValueError(f"{what} name {name!r} is not a valid HTTP header name")
+    if name.lower() in GATEWAY_OWNED_HEADERS or name.lower().startswith("proxy-"):
+        raise ValueError(f"{what} {name!r} is a framing or hop-by-hop header the gateway sets itself; "
+                         "it cannot be configured")
     if value is not None and HEADER_VALUE_FORBIDDEN.search(value):
         raise ValueError(f"{what} value of {name!r} contains control characters (CR, LF, NUL, ...)")
+
+
+#: A DNS label (RFC 1123; "_" tolerated, as container and service-discovery names use it).
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_HOST_HINT = ("host must be a bare host name or IP address: no scheme, port, path, user info or spaces "
+              "(port and protocol are fields of their own)")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is not a bare DNS name (labels of at most 63 characters, at most 253 in all), IPv4 address or
+    IPv6 literal (with or without brackets), or None. Shared with the proxy, which refuses such a stored host."""
+    if not isinstance(host, str) or not host:
+        return "host must be a non-empty string"
+    bracketed = host.startswith("[") and host.endswith("]")
+    inner = host[1:-1] if bracketed else host
+    if ":" in inner:
+        try:
+            if "%" in inner:  # a zone id (fe80::1%eth0) has no place in a URL host
+                raise ValueError(inner)
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            return _HOST_HINT
+        return None
+    if bracketed:
+        return f"{_HOST_HINT}; brackets are for IPv6 literals only"
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: a fully qualified name
+    if len(name) > 253:
+        return "host is longer than 253 characters"
+    labels = name.split(".")
+    for label in labels:
+        if len(label) > 63:
+            return "host has a label longer than 63 characters"
+        if not _HOST_LABEL.fullmatch(label):
+            return f"{_HOST_HINT}; a name is labels of letters, digits and '-', separated by '.'"
+    if labels[-1].isdigit():
+        try:
+            ipaddress.IPv4Address(name)
+        except ValueError:
+            return "host looks like an IPv4 address but is not a valid one (four numbers 0-255)"
+    return None
+
+
+def _check_host(value: str | None, info: ValidationInfo) -> str | None:
+    """Admin input: a valid host (IPv6 kept without brackets: the URL gets them when it is built)."""
+    if value is not None and _is_input(info):
+        problem = host_problem(value)
+        if problem:
+            raise ValueError(problem)
+        if value.startswith("["):
+            return value[1:-1]
+    return value
+
+
+_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.IGNORECASE)
+
+
+def path_problem(path: str) -> str | None:
+    """Why a configured upstream path (a target's or endpoint service's, query allowed) cannot be sent as is, or
+    None. Shared with the proxy, which refuses such a stored path."""
+    if not path.startswith("/"):
+        return "path must start with '/'"
+    if not re.fullmatch(r"[\x21-\x7e]+", path):
+        return "path must be visible ASCII: no spaces or control characters (percent-encode the rest)"
+    if "#" in path or "\\" in path:
+        return "path must not contain '#' or '\\'"
+    base = path.split("?", 1)[0]
+    if _DOT_SEGMENT.search(base):
+        return "path must not contain '.' or '..' segments"
+    if re.search(r"%(2f|5c|00)", base, re.IGNORECASE):
+        return "path must not contain an encoded '/', '\\' or NUL"
+    return None
+
+
+def _check_path(value: str | None, info: ValidationInfo) -> str | None:
+    if value is not None and _is_input(info):
+        problem = path_problem(value)
+        if problem:
+            raise ValueError(problem)
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -344,6 +433,23 @@ class Target(Model):
                 check_header(name, header_value, "header")
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_host(value, info)
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_path(value, info)
+
+    @field_validator("api_version")
+    @classmethod
+    def _check_api_version(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and _is_input(info) and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise ValueError("api_version must be 1-64 letters, digits, '.', '_' or '-' (e.g. 2024-10-21)")
+        return value
+
     @field_validator("default_model")
     @classmethod
     def _default_model_listed(cls, value: str | None, info: ValidationInfo) -> str | None:
@@ -369,6 +475,12 @@ class ActiveHealthCheck(Model):
     enabled: StrictBool = False
     path: str = "/v1/models"
     interval: Annotated[StrictInt, Field(gt=0)] = 30
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str, info: ValidationInfo) -> str:
+        # A probe carries the target's credentials: its path must not move it elsewhere ("@evil/…", "//host").
+        return _check_path(value, info)
 
 
 class HealthChecks(Model):
@@ -486,6 +598,16 @@ class Service(GatewayScoped):
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
 
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_host(value, info)
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _check_path(value, info)
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Self:

@@ -11,7 +11,7 @@ import pytest
 from addon.health import HealthBoard, HealthPolicy
 from addon.probes import Prober
 from addon.upstream import UpstreamClient
-from aigw.mock_provider import MockProvider
+from aigw.mock import MockProvider
 from store.health_file import target_key
 
 

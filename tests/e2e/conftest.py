@@ -52,7 +52,7 @@ def subdomain() -> str:
 
 @pytest.fixture
 def mock_factory():
-    from aigw.mock_provider import MockProviderThread
+    from aigw.mock import MockProviderThread
 
     started = []
 

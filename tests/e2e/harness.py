@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from aigw.procs import free_port, start_logged, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
 @dataclass
@@ -142,13 +123,7 @@ class Proxy:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def start_mitmdump(data: Path, confdir: Path, *, extra: list[str] | None = None, tool: str = "mitmdump") -> Proxy:
@@ -160,8 +135,7 @@ def start_mitmdump(data: Path, confdir: Path, *, extra: list[str] | None = None,
     if tool == "mitmweb":
         cmd += ["--set", "web_open_browser=false", "--set", f"web_port={free_port()}", "--set", "web_host=127.0.0.1"]
     cmd += extra or []
-    with open(log_path, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=str(ROOT))
+    proc = start_logged(cmd, log_path, cwd=str(ROOT))
     proxy = Proxy(port=port, proc=proc, log_path=log_path, data=data)
     try:
         wait_port(port, 30.0, proc)

@@ -157,7 +157,7 @@ def test_no_rule_is_404_and_anthropic_ingress_errors_are_anthropic_shaped(admin,
 
 
 def test_a_target_down_every_request_still_served(admin, proxy, subdomain, mock_factory):
-    from tests.e2e.harness import free_port
+    from aigw.procs import free_port
 
     an = mock_factory("anthropic-mock", "sk-ant-test")
     dead = free_port()  # nothing listens there: connection refused

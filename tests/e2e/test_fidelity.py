@@ -55,7 +55,7 @@ def serve(admin, subdomain, mock_factory, proxy, _shared_setups):
             start = mock_factory
         else:
             def start(name, api_key, **kw):
-                from aigw.mock_provider import MockProviderThread
+                from aigw.mock import MockProviderThread
                 m = MockProviderThread(api_key=api_key, name=name, **kw)
                 m.port = m.start()
                 return m

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.e2e.harness import (BIN, Admin, anthropic_target, free_port, http, openai_target, start_mitmdump,
-                               wait_port)
+from aigw.procs import free_port, wait_port
+from tests.e2e.harness import BIN, Admin, anthropic_target, http, openai_target, start_mitmdump
 
 BODY = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 50,
         "system": "You are an assistant"}

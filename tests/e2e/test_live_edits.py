@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import time
 
-from tests.e2e.harness import anthropic_target, free_port, http, openai_target, wait_until
+from aigw.procs import free_port
+from tests.e2e.harness import anthropic_target, http, openai_target, wait_until
 
 BODY = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
 APPLY_WITHIN = 1.0  # seconds: the live-config interval is 0.25 s

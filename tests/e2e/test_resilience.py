@@ -9,7 +9,8 @@ import time
 import pytest
 from openai import APIError, OpenAI
 
-from tests.e2e.harness import anthropic_target, free_port, http, openai_target, wait_until
+from aigw.procs import free_port
+from tests.e2e.harness import anthropic_target, http, openai_target, wait_until
 
 FAST_FAILOVER = {"connect_timeout": 1.0, "headers_timeout": 0.6, "first_token_timeout": 0.6, "idle_timeout": 0.6,
                  "total_timeout": 20.0}

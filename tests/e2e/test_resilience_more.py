@@ -2,7 +2,7 @@
 least-connections balancing, priority tiers, Retry-After cool-downs, active probes, the health API served by a
 separate admin process, per-request budgets, and what one failover costs in latency.
 
-Every wait is on a condition with a timeout; faults come from the mock provider (aigw.mock_provider).
+Every wait is on a condition with a timeout; faults come from the mock provider (aigw.mock).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import statistics
-import subprocess
 import threading
 import time
 from datetime import datetime
@@ -19,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 
 from addon.balancer import Balancer
-from tests.e2e.harness import (BIN, ROOT, Admin, anthropic_target, free_port, http, openai_target, wait_port,
-                               wait_until)
+from aigw.procs import free_port, start_logged, stop_process, wait_port
+from tests.e2e.harness import BIN, ROOT, Admin, anthropic_target, http, openai_target, wait_until
 
 FAST_FAILOVER = {"connect_timeout": 1.0, "headers_timeout": 1.0, "first_token_timeout": 1.0, "idle_timeout": 1.0,
                  "total_timeout": 20.0}
@@ -315,19 +314,13 @@ def test_active_probes_open_and_close_without_client_traffic(admin, proxy, subdo
 def admin_process(stack):
     port = free_port()
     log = stack["root"] / f"admin-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "aigw"), "admin", "--data", str(stack["data"]), "--admin-port",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
+    proc = start_logged([str(BIN / "aigw"), "admin", "--data", str(stack["data"]), "--admin-port", str(port)], log,
+                        cwd=str(ROOT))
     try:
         wait_port(port, 20.0, proc)
         yield Admin(f"http://127.0.0.1:{port}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_health_api_of_a_separate_admin_process(admin, proxy, subdomain, mock_factory, admin_process):

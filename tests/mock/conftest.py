@@ -6,7 +6,7 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
-from aigw.mock_provider import MockProvider, MockProviderThread
+from aigw.mock import MockProvider, MockProviderThread
 
 KEY = "sk-mock-test-key"
 TOOLS_OA = [{"type": "function", "function": {

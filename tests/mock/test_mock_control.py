@@ -16,7 +16,7 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
-from aigw.mock_provider import MockProvider, MockProviderThread
+from aigw.mock import MockProvider, MockProviderThread
 
 from .conftest import KEY
 
@@ -98,7 +98,7 @@ async def test_async_provider_context_manager():
 
 def test_cli_prints_port_and_stops_on_sigterm():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "aigw.mock_provider", "--port", "0", "--api-key", "k",
+    proc = subprocess.Popen([sys.executable, "-m", "aigw.mock", "--port", "0", "--api-key", "k",
                              "--name", "cli", "--faults", '[{"status": 500, "times": 1}]'],
                             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:

@@ -12,7 +12,7 @@ import pytest
 from anthropic import Anthropic
 from openai import OpenAI
 
-from aigw.mock_provider import parse_faults
+from aigw.mock import parse_faults
 
 from .conftest import KEY
 

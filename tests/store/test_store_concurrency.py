@@ -10,9 +10,9 @@ import time
 
 import pytest
 
+from scripts.store_bench import run, write_gateways
 from store import Store
 from store.atomic import temp_prefix
-from store.bench import run, write_gateways
 from store.models import Gateway
 
 

@@ -1,11 +1,11 @@
-"""Store write throughput under contention: ``python -m store.bench --processes 8 --writes 250``.
+"""Store write throughput under contention: ``python scripts/store_bench.py --processes 8 --writes 250``.
 
 Every write in the store serialises on one file lock and rewrites the whole file, so throughput depends on the
 disk and on the store's size; run this where the store will live. Reader processes parse the file in a loop
 meanwhile and count any parse failure (there must be none: writes are atomic replacements).
 
 The worker functions are module-level so ``multiprocessing`` (spawn) can import them in child processes; the
-concurrency tests use them too.
+concurrency tests (tests/store/test_store_concurrency.py) use them too.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .models import Gateway
-from .repo import Store
+from store.models import Gateway
+from store.repo import Store
 
 
 def write_gateways(path: str, worker: int, count: int, start: Any, done: Any) -> None:
