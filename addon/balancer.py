@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
+from store.models import ALGORITHM_ALIASES, ALGORITHMS
+
 __all__ = ["ALGORITHMS", "Balancer", "Plan", "normalize_algorithm"]
 
-ALGORITHMS = frozenset(
-    {"round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky"}
-)
-_ALIASES = {"least-conn": "least-connections"}
 
 VNODES_PER_TARGET = 100  # ring points for a target of average weight: keeps the key spread within a few %
 STICKY_MAX_PINS = 10_000
@@ -46,7 +44,7 @@ EXPLORE_RATIO = 0.02
 
 def normalize_algorithm(name: str) -> str:
     """Canonical algorithm name; ValueError for an unknown one (validation should have caught it)."""
-    canonical = _ALIASES.get(name, name)
+    canonical = ALGORITHM_ALIASES.get(name, name)
     if canonical not in ALGORITHMS:
         raise ValueError(f"unknown load-balancing algorithm {name!r}; expected one of {sorted(ALGORITHMS)}")
     return canonical

@@ -15,7 +15,8 @@ from mitmproxy.utils.asyncio_utils import create_task
 
 import providers
 from addon.dispatch import Dispatcher, Settings, target_origin, credential_headers
-from addon.ingress import Ingress, Limits, decode_body, mask_query
+from addon.bodies import decode_body
+from addon.ingress import Ingress, Limits, mask_query
 from addon.live import LiveConfig
 from addon.probes import Prober
 from addon.relay import Relay
@@ -54,6 +55,24 @@ def _mask_header(name: str, value: str) -> str:
     return _mask(value)
 
 
+_LIMIT_OPTIONS = frozenset({"aigw_max_headers", "aigw_max_header_bytes", "aigw_max_body", "aigw_client_timeout"})
+
+
+def _limits(opts) -> Limits:
+    """The ingress limits from the options, or OptionsError naming the bad one (mitmproxy keeps the old value)."""
+    for name in ("aigw_max_body", "aigw_max_headers", "aigw_max_header_bytes"):
+        if getattr(opts, name) <= 0:  # one loop over option names: getattr is the option lookup
+            raise exceptions.OptionsError(f"{name} must be positive")
+    try:
+        client_timeout = float(opts.aigw_client_timeout)
+    except ValueError:
+        client_timeout = -1.0
+    if not 0 <= client_timeout < float("inf"):
+        raise exceptions.OptionsError("aigw_client_timeout must be a number of seconds, 0 (no limit) or more")
+    return Limits(max_headers=opts.aigw_max_headers, max_header_bytes=opts.aigw_max_header_bytes,
+                  max_body=opts.aigw_max_body, client_timeout=client_timeout)
+
+
 class GatewayAddon:
     def __init__(self) -> None:
         self.live: LiveConfig | None = None
@@ -70,7 +89,7 @@ class GatewayAddon:
         self.ingress = Ingress()
         self._watchdog: asyncio.Task | None = None
 
-    # -- lifecycle (sync, DESIGN.md decision 8) --------------------------------------------------------------
+    # -- lifecycle (sync hooks; docs/architecture.md) --------------------------------------------------------------
     def load(self, loader) -> None:
         loader.add_option("aigw_data", str, os.environ.get("AIGW_DATA", "data/aigw.json"),
                           "aigw: path of the configuration store (TinyDB JSON file) written by the admin API.")
@@ -87,40 +106,32 @@ class GatewayAddon:
                           "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
                           "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
 
-    def configure(self, updated) -> None:
+    def configure(self, updated: set[str]) -> None:
+        """React to the options that changed (mitmproxy calls this at start with every option, then per change)."""
         opts = ctx.options
-        if "aigw_max_body" in updated and opts.aigw_max_body <= 0:
-            raise exceptions.OptionsError("aigw_max_body must be positive")
-        for name in ("aigw_max_headers", "aigw_max_header_bytes"):
-            if name in updated and getattr(opts, name) <= 0:
-                raise exceptions.OptionsError(f"{name} must be positive")
-        try:
-            client_timeout = float(opts.aigw_client_timeout)
-        except ValueError:
-            client_timeout = -1.0
-        if not 0 <= client_timeout < float("inf"):
-            raise exceptions.OptionsError("aigw_client_timeout must be a number of seconds, 0 (no limit) or more")
-        self.ingress.limits = Limits(max_headers=opts.aigw_max_headers, max_header_bytes=opts.aigw_max_header_bytes,
-                                     max_body=opts.aigw_max_body, client_timeout=client_timeout)
-        # mitmproxy buffers a request body before the request hook: it must stop reading at aigw_max_body
-        # (a chunked body has no Content-Length to refuse early). The addon answers in the caller's format.
-        if "body_size_limit" in opts:
+        if updated & _LIMIT_OPTIONS:
+            self.ingress.limits = _limits(opts)
+        if updated & {"aigw_max_body", "body_size_limit"}:
+            # mitmproxy buffers a request body before the request hook: it must stop reading at aigw_max_body
+            # (a chunked body has no Content-Length to refuse early). The addon answers in the caller's format.
             try:
                 own_limit = human.parse_size(opts.body_size_limit)
             except ValueError:
                 own_limit = None
             if own_limit is None or own_limit > opts.aigw_max_body:
                 opts.body_size_limit = str(opts.aigw_max_body)
-        path = os.path.abspath(opts.aigw_data)
-        if self.live is None or path != self.live.data_path:
-            if self.live is not None:
-                self.live.stop()
-            self.live = LiveConfig(path)
-            if self._started:
-                self.live.start(_spawn)
-        settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
-        self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
-        if not opts.keep_host_header:
+        if "aigw_data" in updated:
+            path = os.path.abspath(opts.aigw_data)
+            if self.live is None or path != self.live.data_path:
+                if self.live is not None:
+                    self.live.stop()
+                self.live = LiveConfig(path)
+                if self._started:
+                    self.live.start(_spawn)
+        if updated & {"aigw_data", "aigw_base_domain", "aigw_max_body"}:
+            settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
+            self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
+        if "keep_host_header" in updated and not opts.keep_host_header:
             # In reverse mode mitmproxy rewrites Host to the placeholder target before any hook runs; the gateway
             # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
             opts.keep_host_header = True

@@ -1,6 +1,6 @@
 """Live configuration and health state of the data plane.
 
-The request path never touches TinyDB (DESIGN.md decision 6): it reads the in-memory Snapshot, which a background
+The request path never touches TinyDB (docs/architecture.md): it reads the in-memory Snapshot, which a background
 task swaps when the store file changes (stat every `poll_interval`, rebuild in a worker thread, keep the last good
 one on error). Balancer state (smooth round-robin counters, sticky pins) survives a reload as long as the
 upstream's targets and algorithm are unchanged. Health lives in memory too and is published to the health file
@@ -17,7 +17,7 @@ from typing import Any
 
 from addon.balancer import Balancer, Plan
 from addon.health import HealthBoard, HealthPolicy
-from store.health_file import target_key, write_health
+from store.health_file import health_path_for, target_key, write_health
 from store.snapshot import SnapshotLoader
 
 log = logging.getLogger("aigw.live")
@@ -32,7 +32,7 @@ def target_identity(target: Any) -> tuple:
 class LiveConfig:
     def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5) -> None:
         self.data_path = data_path
-        self.health_path = data_path + ".health.json"
+        self.health_path = health_path_for(data_path)
         self.loader = SnapshotLoader(data_path)
         self.health = HealthBoard()
         self.poll_interval = poll_interval

@@ -9,19 +9,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Mapping
 
 from providers import GatewayError
 from store.keys import hash_key
+from store.models import ApiKey, Gateway, Rule, Service, Target, Upstream
+from store.snapshot import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    gateway: Any
-    key: Any
-    rule: Any
-    service: Any
-    upstream: Any | None  # None for an `endpoint` service (one fixed, untranslated target)
+    gateway: Gateway
+    key: ApiKey
+    rule: Rule
+    service: Service
+    upstream: Upstream | None  # None for an `endpoint` service (one fixed, untranslated target)
 
 
 KEY_HEADERS = ("x-tg-api-key", "x-api-key")  # X-TG-API-Key: what TrustGate's own guide sends
@@ -58,23 +60,7 @@ def subdomain_of(host: str, base_domain: str = "") -> str | None:
     return host.split(".", 1)[0]
 
 
-def _key_usable(key: Any, now: datetime) -> bool:
-    if not getattr(key, "active", True) or getattr(key, "deleted_at", None):
-        return False
-    expires = getattr(key, "expires_at", None)
-    if expires is None:
-        return True
-    if isinstance(expires, str):
-        try:
-            expires = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)
-    return expires > now
-
-
-def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, method: str,
+def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: str, method: str,
             base_domain: str = "", now: datetime | None = None) -> Route:
     """Find gateway, check the key, match the rule; raise GatewayError(401/404) otherwise."""
     now = now or datetime.now(timezone.utc)
@@ -86,7 +72,7 @@ def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, 
         raise GatewayError(401, "authentication", "Missing API key: send it in X-Api-Key or Authorization: Bearer.",
                            code="invalid_api_key")
     key = snapshot.key_by_hash(hash_key(presented))
-    if key is None or not _key_usable(key, now):
+    if key is None or not key.usable_at(now):
         raise GatewayError(401, "authentication", "Invalid, expired or inactive API key.", code="invalid_api_key")
     if gateway is None:
         gateway = snapshot.gateway(key.gateway_id)
@@ -95,7 +81,7 @@ def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, 
     elif key.gateway_id != gateway.id:
         # A key of another gateway is as good as no key here.
         raise GatewayError(401, "authentication", "Invalid, expired or inactive API key.", code="invalid_api_key")
-    if getattr(gateway, "status", "active") != "active":
+    if gateway.status != "active":
         raise GatewayError(404, "not_found", "This gateway is inactive.", code="gateway_not_found")
 
     check_request_path(path)
@@ -107,7 +93,7 @@ def resolve(snapshot: Any, *, host: str, headers: Mapping[str, str], path: str, 
     if service is None:
         raise GatewayError(503, "unavailable", "The rule's service no longer exists.")
     upstream = None
-    if getattr(service, "type", "upstream") == "upstream":
+    if service.type == "upstream":
         upstream = snapshot.upstream(service.upstream_id)
         if upstream is None or not upstream.targets:
             raise GatewayError(503, "unavailable", "The service's upstream has no targets.")
@@ -156,24 +142,20 @@ def check_request_path(path: str) -> None:
         raise GatewayError(400, "invalid_request", f"Refused: {problem}.", code="invalid_path")
 
 
-def map_model(requested: str | None, target: Any) -> str | None:
+def map_model(requested: str | None, target: Target) -> str | None:
     """A requested model listed in the target's `models` is kept; any other (or none) becomes `default_model`."""
-    models = getattr(target, "models", None) or []
-    default = getattr(target, "default_model", None)
-    if requested and requested in models:
+    if requested and requested in (target.models or ()):
         return requested
-    if default:
-        return default
-    return requested
+    return target.default_model or requested
 
 
-def forwarded_path(path: str, rule: Any, target_path: str | None) -> str:
+def forwarded_path(path: str, rule: Rule, target_path: str | None) -> str:
     """Path for an untranslated (provider-less) target: optional strip of the rule prefix, then the target's path.
 
     The caller's path is kept byte for byte (it passed `check_request_path`): no decoding, no normalising, so the
     path the rule matched is the path that goes out. A query in the target's path comes first, then the caller's."""
     base, _, query = path.partition("?")
-    if getattr(rule, "strip_path", False):
+    if rule.strip_path:
         prefix = rule.path.rstrip("/")
         base = base[len(prefix):] if base.startswith(prefix) else base
     if target_path:

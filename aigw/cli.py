@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from store.health_file import health_path_for
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -98,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"aigw: {exc}", file=sys.stderr)
             return 2
         handle = serve(store, args.admin_host, args.admin_port, admin_token=args.admin_token or None,
-                       health_path=data + ".health.json")
+                       health_path=health_path_for(data))
         print(f"aigw: admin API on http://{args.admin_host}:{handle.port}/api/v1", flush=True)
     print(f"aigw: proxy on http://{args.proxy_host}:{args.proxy_port} (data: {data})", flush=True)
     try:
@@ -124,7 +126,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 2
     print(f"aigw: admin API on http://{args.admin_host}:{args.admin_port}/api/v1 (data: {data})", flush=True)
     run_forever(Store(data), args.admin_host, args.admin_port, admin_token=args.admin_token or None,
-                health_path=data + ".health.json")
+                health_path=health_path_for(data))
     return 0
 
 

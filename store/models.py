@@ -86,15 +86,9 @@ def new_id() -> str:
 PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "azure", "openai-compatible")
 Provider = Literal["openai", "anthropic", "gemini", "azure", "openai-compatible"]
 
-ALGORITHMS: tuple[str, ...] = (
-    "round-robin",
-    "weighted-round-robin",
-    "random",
-    "least-connections",
-    "latency-aware",
-    "sticky",
-)
+#: Load-balancing algorithms: the one list the models, the balancer and the OpenAPI document use.
 Algorithm = Literal["round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky"]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 ALGORITHM_ALIASES: dict[str, str] = {"least-conn": "least-connections"}
 
 HTTP_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

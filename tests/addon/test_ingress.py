@@ -15,10 +15,11 @@ from mitmproxy import http
 from mitmproxy.test import tflow
 
 import providers
-from addon import ingress
+from addon import bodies, ingress
 from addon.dispatch import _passthrough_headers
 from addon.gateway import GatewayAddon
-from addon.ingress import Ingress, Limits, decode_body, header_items, mask_query
+from addon.bodies import decode_body
+from addon.ingress import Ingress, Limits, header_items, mask_query
 from providers import GatewayError
 from providers.canonical import dumps
 from providers.jsonsafe import MAX_DEPTH, loads_request, nesting_exceeds
@@ -94,7 +95,7 @@ PAYLOAD = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "hello " *
 
 
 def _zstd():
-    return ingress._zstd_module()
+    return bodies._zstd_module()
 
 
 @pytest.mark.parametrize("coding,pack", [
@@ -146,7 +147,7 @@ def test_ratio_cap_refuses_a_bomb_below_the_size_limit():
     ("gzip", b"\x1f\x8bnot gzip"), ("gzip", gzip.compress(PAYLOAD)[:-20]), ("gzip", gzip.compress(PAYLOAD) + b"xx"),
     ("deflate", zlib.compress(PAYLOAD)[:-9]), ("br", brotli.compress(PAYLOAD)[:-4]), ("br", b"nonsense"),
     ("zstd", b"nonsense"), ("compress", b"x"), ("utf-8", b"x"),
-    ("gzip", gzip.compress(b"{}") * (ingress.MAX_MEMBERS + 1)),
+    ("gzip", gzip.compress(b"{}") * (bodies.MAX_MEMBERS + 1)),
 ])
 def test_undecodable_bodies_are_400(coding, data):
     with pytest.raises(GatewayError) as e:

@@ -8,6 +8,7 @@ import pytest
 from addon import routing
 from providers import GatewayError
 from store.keys import hash_key
+from store.models import ApiKey
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 
@@ -16,10 +17,13 @@ class FakeSnap:
     def __init__(self):
         self.gws = {"g1": NS(id="g1", subdomain="alpha", status="active"),
                     "g2": NS(id="g2", subdomain="beta", status="active")}
-        self.keys = {hash_key("k1"): NS(id="key1", gateway_id="g1", active=True, expires_at=None),
-                     hash_key("k2"): NS(id="key2", gateway_id="g2", active=True, expires_at=None),
-                     hash_key("old"): NS(id="key3", gateway_id="g1", active=True, expires_at=NOW - timedelta(1)),
-                     hash_key("off"): NS(id="key4", gateway_id="g1", active=False, expires_at=None)}
+        def key(kid, gid, plain, **kw):
+            return ApiKey(id=kid, gateway_id=gid, name=kid, key_hash=hash_key(plain), key_prefix=plain[:4], **kw)
+
+        self.keys = {hash_key("k1"): key("key1", "g1", "k1"),
+                     hash_key("k2"): key("key2", "g2", "k2"),
+                     hash_key("old"): key("key3", "g1", "old", expires_at=NOW - timedelta(1)),
+                     hash_key("off"): key("key4", "g1", "off", active=False)}
         self.rules = {"g1": [NS(path="/v1", service_id="s1", methods=["POST"], strip_path=False)]}
         self.services = {"s1": NS(id="s1", type="upstream", upstream_id="u1")}
         self.upstreams = {"u1": NS(id="u1", targets=[NS(id="t1")])}

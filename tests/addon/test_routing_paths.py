@@ -59,7 +59,9 @@ def test_ordinary_paths_pass(path):
 class Snap:
     def __init__(self):
         self.gw = NS(id="g1", subdomain="alpha", status="active")
-        self.key = NS(id="k", gateway_id="g1", active=True, expires_at=None)
+        from store.models import ApiKey
+
+        self.key = ApiKey(id="k", gateway_id="g1", name="k", key_hash="h", key_prefix="aigw")
         self.rule = Rule.model_validate({"path": "/v1/chat/completions", "service_id": "s1", "methods": ["POST"]})
 
     def gateway(self, gid):

@@ -200,7 +200,7 @@ def test_gzip_bomb_is_413_at_once_with_bounded_memory(admin, proxy, subdomain, m
 def test_compressed_bodies_still_decode(admin, proxy, subdomain, mock_factory, coding):
     import brotli
 
-    from addon.ingress import _zstd_module
+    from addon.bodies import _zstd_module
 
     key = _setup(admin, subdomain, mock_factory)
     pack = {"gzip": lambda b: zlib.compress(b, wbits=31), "deflate": zlib.compress, "br": brotli.compress,
