@@ -1,6 +1,13 @@
 """The mitmproxy addon: options and thin hooks. The work happens in dispatch.Dispatcher.
 
 Loadable three ways: `mitmdump -s addon/entry.py …`, `mitmweb -s addon/entry.py …` and `aigw up` (programmatic).
+
+A committed stream reaches the caller through the loopback relay (addon/relay.py), which answers with the real
+status line and headers. The flow's request must still be swapped for the relay hop while that happens:
+mitmproxy opens the server connection to the host and port that `flow.request` names (there is no other way to
+send one flow elsewhere), and a response set by a hook is always sent in one piece, never streamed. The caller's
+request is kept aside (`_callers`, not `flow.metadata`, which a saved flow would carry) and put back when the
+relay's response headers arrive.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from mitmproxy.utils import human
 from mitmproxy.utils.asyncio_utils import create_task
 
 import providers
-from addon.dispatch import Dispatcher, Settings, target_origin, credential_headers
+from addon.dispatch import Dispatcher, Settings
 from addon.bodies import decode_body
 from addon.ingress import Ingress, Limits, mask_query
 from addon.live import LiveConfig
@@ -23,8 +30,6 @@ from addon.relay import Relay
 from addon.upstream import UpstreamClient
 
 log = logging.getLogger("aigw")
-
-RELAY_META = "aigw_relay"
 
 
 def _spawn(coro, *, name: str) -> asyncio.Task:
@@ -80,10 +85,11 @@ class GatewayAddon:
         self.client = UpstreamClient()
         self.dispatcher: Dispatcher | None = None
         self._started = False
-        self._relay_lock: asyncio.Lock | None = None
         self._prober: asyncio.Task | None = None
         # Relayed streams in progress: flow id → (client connection id, stop function).
         self._streams: dict[str, tuple[str, object]] = {}
+        # The caller's request of a flow pointed at the relay, by flow id, until the relay's answer arrives.
+        self._callers: dict[str, http.Request] = {}
         # What _redact masked at requestheaders, by flow id, until the dispatcher has used it (never in the flow).
         self._concealed: dict[str, dict] = {}
         self.ingress = Ingress()
@@ -140,8 +146,7 @@ class GatewayAddon:
         if not self._started and self.live is not None:
             self._started = True
             self.live.start(_spawn)
-            _spawn(self.relay.start(), name="aigw-relay-start")
-            prober = Prober(lambda: self.live, self.client, target_origin, credential_headers)
+            prober = Prober(lambda: self.live, self.client)
             self._prober = _spawn(prober.run(), name="aigw-active-probes")
             self._watchdog = _spawn(self.ingress.run_watchdog(), name="aigw-client-watchdog")
 
@@ -180,11 +185,8 @@ class GatewayAddon:
         self.ingress.request(flow)
         if flow.response is not None or flow.error is not None or self.dispatcher is None:
             return
-        if not self.relay.port:
-            if self._relay_lock is None:
-                self._relay_lock = asyncio.Lock()
-            async with self._relay_lock:
-                await self.relay.start()
+        # The one place the relay starts: at the first request (then a check), before any stream is parked.
+        relay_port = await self.relay.start()
         req = flow.request
         try:
             # Decoded (Content-Encoding) incrementally, never past aigw_max_body: 413/400 in the caller's format.
@@ -212,36 +214,27 @@ class GatewayAddon:
             return
         if reply.cancel is not None:
             self._streams[flow.id] = (flow.client_conn.id, reply.cancel)
-        # Stream: point the flow at the relay; mitmproxy then streams what the relay writes.
-        flow.metadata[RELAY_META] = {
-            "status": reply.status, "headers": reply.headers,
-            "request": (req.method, req.scheme, req.host, req.port, req.path, req.raw_content),
-        }
-        req.method = "GET"
-        req.scheme = "http"
-        req.host = "127.0.0.1"
-        req.port = self.relay.port
-        req.path = "/" + reply.relay_token
-        req.content = b""
+        # Stream: mitmproxy streams only what a server sends, so the flow goes to the relay, which answers with
+        # the reply's status and headers. The request mitmproxy sends there is a copy; the caller's is put back
+        # once the relay's answer arrived (responseheaders), so mitmweb shows what the caller sent.
+        self._callers[flow.id] = req
+        hop = flow.request = req.copy()
+        hop.method, hop.scheme, hop.host, hop.port = "GET", "http", "127.0.0.1", relay_port
+        hop.path = "/" + reply.relay_token
+        hop.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        meta = flow.metadata.get(RELAY_META)
-        if not meta or flow.response is None:
+        if flow.response is None:
             return
-        resp = flow.response
-        resp.status_code = meta["status"]
-        for name, value in meta["headers"].items():
-            resp.headers[name] = value
-        resp.stream = True
-        # Show the caller's request (not the relay hop) in mitmweb.
-        method, scheme, host, port, path, content = flow.metadata.pop(RELAY_META)["request"]
-        req = flow.request
-        req.method, req.scheme, req.host, req.port, req.path = method, scheme, host, port, path
-        req.raw_content = content
+        caller = self._callers.pop(flow.id, None)
+        if caller is not None:  # the relay's answer to a relayed stream: already the caller's status and headers
+            flow.response.stream = True
+            flow.request = caller
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._streams.pop(flow.id, None)
         self._concealed.pop(flow.id, None)
+        self._callers.pop(flow.id, None)
         self.ingress.response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -249,6 +242,9 @@ class GatewayAddon:
         if stream is not None:
             stream[1]()
         self._concealed.pop(flow.id, None)
+        caller = self._callers.pop(flow.id, None)
+        if caller is not None:  # the relay never answered: the flow shows what the caller sent
+            flow.request = caller
         self.ingress.error(flow)  # a chunked body past aigw_max_body: 413 in the caller's format
 
     def client_disconnected(self, client) -> None:

@@ -6,6 +6,10 @@ on that path (never a billed completion). A probe that fails counts as a health 
 probe that succeeds lets a resting target back in, once its cool-down is over, without waiting for a caller to be
 its trial request (``HealthBoard.probe_success``). A good probe says nothing about completions, so it neither resets
 a closed circuit's failure run nor feeds the latency EWMA that latency-aware balancing reads.
+
+A probe reaches its target exactly as traffic does (addon/targets.py: origin, URL with IPv6 brackets, credential
+headers; sent as built by `UpstreamClient.send`) and its answer is classified like an attempt's
+(`attempt.classify_status`). See docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -13,25 +17,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import aiohttp
 
+from addon.attempt import classify_status
 from addon.live import LiveConfig
+from addon.targets import credential_headers, target_url
+from addon.upstream import Attempt, UpstreamClient
 from store.health_file import target_key
-from addon.upstream import UpstreamClient, classify_status
+from store.models import Target, Upstream
 
 log = logging.getLogger("aigw.probes")
 
+PROBE_TIMEOUT = 5.0  # seconds for a whole probe (connecting: at most 2)
+
 
 class Prober:
-    def __init__(self, live: Callable[[], LiveConfig | None], client: UpstreamClient,
-                 origin: Callable[[Any], tuple[str, str, int]],
-                 auth_headers: Callable[[Any], dict[str, str]], *, tick: float = 1.0) -> None:
+    def __init__(self, live: Callable[[], LiveConfig | None], client: UpstreamClient, *, tick: float = 1.0) -> None:
         self.live = live
         self.client = client
-        self.origin = origin
-        self.auth_headers = auth_headers
         self.tick = tick
         self._due: dict[str, float] = {}
         self._running: set[str] = set()
@@ -52,11 +57,11 @@ class Prober:
             return
         wanted: set[str] = set()
         for upstream in live.upstreams():
-            active = getattr(getattr(upstream, "health_checks", None), "active", None)
-            if not active or not getattr(active, "enabled", False):
+            active = upstream.health_checks.active
+            if active is None or not active.enabled:
                 continue
-            interval = float(getattr(active, "interval", 30) or 30)
-            path = getattr(active, "path", None) or "/v1/models"
+            interval = float(active.interval)
+            path = active.path or "/v1/models"
             for target in upstream.targets:
                 key = target_key(upstream.id, target.id)
                 wanted.add(key)
@@ -71,23 +76,26 @@ class Prober:
         for key in [k for k in self._due if k not in wanted]:  # probes turned off, or target gone
             del self._due[key]
 
-    async def probe(self, live: LiveConfig, upstream: Any, target: Any, path: str, key: str) -> None:
+    async def probe(self, live: LiveConfig, upstream: Upstream, target: Target, path: str, key: str) -> None:
         policy = live.policy(upstream)
         health = live.health
         try:
-            scheme, host, port = self.origin(target)
-            headers = self.auth_headers(target)
-            timeout = aiohttp.ClientTimeout(total=5.0, connect=2.0)
-            async with self.client.session().get(f"{scheme}://{host}:{port}{path}", headers=headers,
-                                                 timeout=timeout, allow_redirects=False) as resp:
-                await resp.read()
-                status = resp.status
+            call = Attempt(method="GET", url=target_url(target, path), headers=credential_headers(target), body=b"",
+                           stream=False, connect_timeout=2.0, headers_timeout=PROBE_TIMEOUT,
+                           first_token_timeout=PROBE_TIMEOUT, idle_timeout=PROBE_TIMEOUT)
+            async with asyncio.timeout(PROBE_TIMEOUT):  # the whole probe, body included
+                resp = await self.client.send(call)
+                try:
+                    await resp.read()
+                finally:
+                    resp.release()
+            status = resp.status
             reason = classify_status(status)
             if reason is None:
                 if health.probe_success(key, policy):
                     log.info("aigw: %s is back (active probe %s answered %d)", key, path, status)
             else:
-                health.failure(key, policy, f"probe: HTTP {status}", health=reason not in ("401", "403"), probe=True)
+                health.failure(key, policy, f"probe: HTTP {status}", health=reason.counts_for_health, probe=True)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             health.failure(key, policy, f"probe: {type(exc).__name__}", probe=True)
         except Exception:

@@ -1,10 +1,11 @@
-"""In-process loopback relay that lets mitmproxy stream an answer the addon produced (DESIGN.md decision 4).
+"""In-process loopback relay that lets mitmproxy stream an answer the addon produced (docs/architecture.md).
 
 A response set by an addon is always sent in one piece. So once a provider stream reached its commit point, the
-addon parks the open upstream response here under a one-shot 128-bit token and points the flow at
-``http://127.0.0.1:<relay port>/<token>``; mitmproxy connects, and streams what the relay writes
-(``flow.response.stream = True``) — event by event, never coalesced. The relay speaks just enough HTTP/1.1:
-one request at a time per connection, keep-alive, chunked bodies.
+addon parks it here (`Parked`: status, headers, pump) under a one-shot 128-bit token and points the flow at
+``http://127.0.0.1:<relay port>/<token>``; mitmproxy connects and streams what the relay writes
+(``flow.response.stream = True``) — event by event, never coalesced. The relay answers with the real status line
+(and its reason phrase) and the caller's headers, so the flow's response is the caller's answer as it arrives.
+It speaks just enough HTTP/1.1: one request at a time per connection, keep-alive, chunked bodies.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from http.client import responses as REASON_PHRASES
 from typing import Awaitable, Callable
 
 log = logging.getLogger("aigw.relay")
@@ -31,19 +33,32 @@ class Parked:
     created: float = field(default_factory=time.monotonic)
 
 
+def _head(parked: Parked) -> bytes:
+    """Status line and headers of a parked answer; values encoded as mitmproxy encodes header strings."""
+    lines = [f"HTTP/1.1 {parked.status} {REASON_PHRASES.get(parked.status, '')}\r\n"]
+    lines.extend(f"{k}: {v}\r\n" for k, v in parked.headers)
+    lines.append("transfer-encoding: chunked\r\n\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape")
+
+
 class Relay:
     def __init__(self, *, unclaimed_ttl: float = 30.0) -> None:
         self._parked: dict[str, Parked] = {}
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task | None = None
         self._unclaimed_ttl = unclaimed_ttl
+        self._starting = asyncio.Lock()
         self.port = 0
 
     async def start(self) -> int:
+        """Listen (once; concurrent callers wait for the same start) and return the port."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=65536)
-            self.port = self._server.sockets[0].getsockname()[1]
-            self._janitor = asyncio.get_running_loop().create_task(self._sweep())
+            async with self._starting:
+                if self._server is None:
+                    server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=65536)
+                    self.port = server.sockets[0].getsockname()[1]
+                    self._janitor = asyncio.get_running_loop().create_task(self._sweep())
+                    self._server = server
         return self.port
 
     async def stop(self) -> None:
@@ -53,6 +68,7 @@ class Relay:
         if self._server:
             self._server.close()
             self._server = None
+            self.port = 0
         for parked in self._parked.values():
             parked.on_abandon()
         self._parked.clear()
@@ -94,11 +110,7 @@ class Relay:
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     await writer.drain()
                     return
-                head_out = [f"HTTP/1.1 {parked.status} OK\r\n"]
-                for k, v in parked.headers:
-                    head_out.append(f"{k}: {v}\r\n")
-                head_out.append("transfer-encoding: chunked\r\n\r\n")
-                writer.write("".join(head_out).encode("latin-1"))
+                writer.write(_head(parked))
 
                 async def write(data: bytes) -> None:
                     if data:

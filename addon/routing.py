@@ -7,12 +7,13 @@ raised as ``providers.GatewayError`` with the status codes of the proxy contract
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
 from providers import GatewayError
-from store.keys import hash_key
+from store.keys import KEY_PREFIX, hash_key
 from store.models import ApiKey, Gateway, Rule, Service, Target, Upstream
 from store.snapshot import Snapshot
 
@@ -149,12 +150,22 @@ def map_model(requested: str | None, target: Target) -> str | None:
     return target.default_model or requested
 
 
+def _without_gateway_keys(query: str) -> str:
+    """The query minus any parameter whose value is a gateway key (a caller that put its key in `?key=`): a
+    gateway key never reaches a provider."""
+    if KEY_PREFIX not in query and "aigw%2d" not in query.lower():
+        return query
+    kept = [p for p in query.split("&") if not unquote_plus(p.partition("=")[2]).strip().startswith(KEY_PREFIX)]
+    return "&".join(kept)
+
+
 def forwarded_path(path: str, rule: Rule, target_path: str | None) -> str:
     """Path for an untranslated (provider-less) target: optional strip of the rule prefix, then the target's path.
 
     The caller's path is kept byte for byte (it passed `check_request_path`): no decoding, no normalising, so the
     path the rule matched is the path that goes out. A query in the target's path comes first, then the caller's."""
     base, _, query = path.partition("?")
+    query = _without_gateway_keys(query)
     if rule.strip_path:
         prefix = rule.path.rstrip("/")
         base = base[len(prefix):] if base.startswith(prefix) else base

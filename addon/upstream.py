@@ -1,16 +1,13 @@
-"""Upstream I/O: one process-wide aiohttp session and one attempt at one target.
+"""Upstream I/O: one process-wide aiohttp session, and one HTTP call (`Attempt`) at one target.
 
-mitmproxy's own forwarder cannot retry inside a flow (DESIGN.md decision 3), so the addon calls providers itself.
-An attempt ends in an `Outcome`: a complete answer, an open stream that reached its commit point, or a failure
-classified for failover and health (connect, timeout, 5xx, 429, 401/403, other 4xx).
+mitmproxy's own forwarder cannot retry inside a flow, so the addon calls providers itself (docs/architecture.md).
+This module only moves bytes: what a call's answer means for failover and health is addon/attempt.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
@@ -26,7 +23,7 @@ HOP_BY_HOP = frozenset({
 
 @dataclass(slots=True)
 class Attempt:
-    """What the dispatcher asks for: one HTTP call to one target."""
+    """One HTTP call to one target, as addon/attempt.py (and addon/probes.py) build it."""
     method: str
     url: str
     headers: dict[str, str]
@@ -38,29 +35,8 @@ class Attempt:
     idle_timeout: float
 
 
-@dataclass(slots=True)
-class Outcome:
-    """Result of one attempt.
-
-    kind: "response" (complete answer, any status), "stream" (open, committed stream), "empty_stream" (stream
-    ended before any content: delivered whole), or "failure" (reason says why; may be retried elsewhere).
-    """
-    kind: str
-    status: int = 0
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    reason: str = ""            # connect | timeout | 5xx | 429 | 401 | 403 | cut | stream_error
-    retry_after: str | None = None
-    response: Any = None        # open aiohttp response for kind == "stream"
-    buffered: bytes = b""       # translated output produced before the commit point
-    ttfb: float | None = None   # seconds to first byte of the answer
-    error: GatewayError | None = None
-    translator: Any = None      # providers.StreamTranslator of an open, committed stream
-    idle_timeout: float = 60.0  # longest silence tolerated between chunks of an open stream
-
-
 class UpstreamClient:
-    """Owns the shared aiohttp session (keep-alive pool) and runs single attempts."""
+    """Owns the shared aiohttp session (keep-alive pool) and sends single calls."""
 
     def __init__(self, *, limit: int = 1000, limit_per_host: int = 0) -> None:
         self._limit = limit
@@ -119,20 +95,3 @@ def response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
         if lk not in HOP_BY_HOP:
             out[lk] = v
     return out
-
-
-def classify_status(status: int) -> str | None:
-    """Failover reason for an HTTP status, or None when the answer must go back to the caller as is."""
-    if status == 429:
-        return "429"
-    if status in (401, 403):
-        return str(status)
-    if status >= 500:
-        return "5xx"
-    if status in (408,):
-        return "timeout"
-    return None
-
-
-def now() -> float:
-    return time.perf_counter()

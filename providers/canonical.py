@@ -120,7 +120,7 @@ class CanonicalRequest:
     response_format: dict | None = None
     include_usage: bool = False
     legacy_functions: bool = False
-    # Shortened tool name → original, filled when a target limits names (see openai.short_name).
+    # Shortened tool name → original, filled when a target limits names (see openai_backend.short_name).
     tool_names: dict = field(default_factory=dict)
     # Client headers forwarded to a same-family target (anthropic-beta), lower-cased names.
     client_headers: dict = field(default_factory=dict)
@@ -209,6 +209,15 @@ def want(obj: dict, key: str, types: tuple, what: str, required: bool = False) -
 
 
 NUM = (int, float)
+
+
+def put_settings(out: dict, req: CanonicalRequest, names: dict, temperature_max: float | None = None) -> None:
+    """The request's settings that are set (not None), copied into `out` under the target's field names, in
+    the order of `names` (canonical attribute → field); temperature is clamped to 0..temperature_max."""
+    for attr, key in names.items():
+        val = getattr(req, attr)
+        if val is not None:
+            out[key] = min(max(val, 0), temperature_max) if attr == "temperature" else val
 
 
 def split_data_url(url: str) -> Optional[tuple[str, str]]:

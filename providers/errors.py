@@ -1,7 +1,8 @@
-"""Gateway errors and the error-body formats of every provider family.
+"""Gateway errors: kinds, statuses, and reading the error bodies of every provider family.
 
-One `GatewayError` carries a provider-neutral *kind*; the tables below turn a kind into each ingress
-format (protocols.md §1.6, §2.5, §4.6, TV-10) and turn any upstream error body back into a kind.
+One `GatewayError` carries a provider-neutral *kind*; `parse_error_body` turns any upstream error body back
+into a kind (protocols.md §1.6, §2.5, §4.6, TV-10). Each client format renders a kind in its own module
+(openai_wire.error_obj, anthropic_wire.error_obj).
 """
 from __future__ import annotations
 
@@ -27,16 +28,6 @@ ANTHROPIC_TYPE = {
     "overloaded": "overloaded_error", "api_error": "api_error", "timeout": "api_error",
     "unavailable": "overloaded_error",
 }
-
-# OpenAI-format `type`/`code` for errors the gateway itself produces (or that arrive without a type).
-OPENAI_TYPE = {
-    "invalid_request": "invalid_request_error", "authentication": "authentication_error",
-    "permission": "permission_error", "not_found": "invalid_request_error",
-    "request_too_large": "invalid_request_error", "rate_limit": "rate_limit_error",
-    "overloaded": "overloaded_error", "api_error": "server_error", "timeout": "timeout_error",
-    "unavailable": "service_unavailable_error",
-}
-OPENAI_CODE = {"authentication": "invalid_api_key", "rate_limit": "rate_limit_exceeded"}
 
 
 class GatewayError(Exception):
@@ -153,18 +144,19 @@ def retry_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def openai_error_obj(err: GatewayError) -> dict:
-    etype = err.upstream_type if err.upstream_type and not err.upstream_type.isupper() else OPENAI_TYPE[err.kind]
-    code = err.code or OPENAI_CODE.get(err.kind)
-    if code is None and err.kind == "not_found" and "model" in err.message.lower():
-        code = "model_not_found"  # what OpenAI itself answers; clients key on it
-    return {"message": err.message, "type": etype, "param": err.param, "code": code}
-
-
-def anthropic_error_obj(err: GatewayError) -> dict:
-    return {"type": "error", "error": {"type": ANTHROPIC_TYPE[err.kind], "message": err.message}}
-
-
-def error_body(ingress: str, err: GatewayError) -> bytes:
-    obj = anthropic_error_obj(err) if ingress == "anthropic" else {"error": openai_error_obj(err)}
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+def error_shape(body: bytes) -> str | None:
+    """The family whose error format `body` already is: "anthropic", "openai" or None."""
+    if body[:1] != b"{":
+        return None
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    err = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("message"), str):
+        return None
+    if obj.get("type") == "error" and isinstance(err.get("type"), str):
+        return "anthropic"
+    if "status" not in err:  # Gemini errors carry a status string; OpenAI's do not
+        return "openai"
+    return None

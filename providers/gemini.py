@@ -1,5 +1,5 @@
-"""Google Gemini (generateContent / streamGenerateContent?alt=sse): request encoding, response
-parsing and the stream source. Gemini is never an ingress format, so there is no sink here."""
+"""Google Gemini (generateContent / streamGenerateContent?alt=sse), backend side: request encoding, response
+parsing and the stream source. Gemini is never an ingress format, so there is no client side here."""
 from __future__ import annotations
 
 import hashlib
@@ -9,9 +9,10 @@ from typing import Any
 
 from .canonical import (
     CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, ToolCallPart,
-    ToolResultPart, Usage,
+    ToolResultPart, Usage, put_settings,
 )
 from .errors import GatewayError, invalid, parse_error_body
+from .interface import Backend, TargetSpec, add_query, fill_model
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -144,7 +145,7 @@ def _parts(parts: list, names: dict | None = None) -> list[dict]:
     return out
 
 
-def build_body(req: CanonicalRequest) -> dict:
+def encode(req: CanonicalRequest) -> dict:
     if req.n is not None and req.n > 1:
         raise invalid("n > 1 is not supported by the gemini target", param="n")
     body: dict[str, Any] = {}
@@ -166,22 +167,12 @@ def build_body(req: CanonicalRequest) -> dict:
         contents.append({"role": "user", "parts": [{"text": "."}]})
     body["contents"] = contents
     gc: dict[str, Any] = {}
-    if req.max_tokens is not None:
-        gc["maxOutputTokens"] = req.max_tokens
-    if req.temperature is not None:
-        gc["temperature"] = min(max(req.temperature, 0), 2)
-    if req.top_p is not None:
-        gc["topP"] = req.top_p
-    if req.top_k is not None:
-        gc["topK"] = req.top_k
+    put_settings(gc, req, {"max_tokens": "maxOutputTokens", "temperature": "temperature", "top_p": "topP",
+                           "top_k": "topK"}, temperature_max=2)
     if req.stop:
         gc["stopSequences"] = req.stop[:5]
-    if req.seed is not None:
-        gc["seed"] = req.seed
-    if req.presence_penalty is not None:
-        gc["presencePenalty"] = req.presence_penalty
-    if req.frequency_penalty is not None:
-        gc["frequencyPenalty"] = req.frequency_penalty
+    put_settings(gc, req, {"seed": "seed", "presence_penalty": "presencePenalty",
+                           "frequency_penalty": "frequencyPenalty"})
     rf = req.response_format or {}
     if rf.get("type") in ("json_object", "json_schema"):
         gc["responseMimeType"] = "application/json"
@@ -256,7 +247,6 @@ def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None,
                              finish=_finish(reason, has_calls), usage=usage_from(obj.get("usageMetadata")))
 
 
-
 def _first_candidate(obj: dict) -> tuple[list[dict], str | None, bool]:
     """The first candidate's visible parts (thoughts left out) and finish reason, shared by the JSON and stream
     readers; a blocked prompt finishes as SAFETY. The flag is False when the answer holds nothing at all."""
@@ -276,6 +266,7 @@ def _function_call(fc: dict, names: dict, new_id: IdFactory) -> tuple[str, str, 
     args = fc.get("args")
     name = str(fc.get("name") or "")
     return fc.get("id") or new_id("call"), names.get(name, name), args if isinstance(args, dict) else {}
+
 
 class GeminiSource(Source):
     """Each SSE data line is a whole GenerateContentResponse with only the new parts (§3.1).
@@ -334,3 +325,29 @@ class GeminiSource(Source):
             sink.finish(_finish(reason, self._tools > 0))
             self.done = True
             sink.end()
+
+
+class GeminiBackend(Backend):
+    name = "gemini"
+    origin = ("https", "generativelanguage.googleapis.com", 443)
+    key_header, key_prefix = "x-goog-api-key", ""
+
+    def path(self, req: CanonicalRequest, target: TargetSpec, model: str) -> str:
+        path = target.path or "/v1beta/models/{model}:generateContent"
+        if req.stream and ":generateContent" in path:
+            path = path.replace(":generateContent", ":streamGenerateContent")
+        if req.stream and ":streamGenerateContent" in path and "alt=sse" not in path:
+            path = add_query(path, "alt=sse")
+        return fill_model(path, model, self.name)
+
+    def build_body(self, req: CanonicalRequest, model: str, target: TargetSpec) -> dict:
+        return encode(req)  # the model is in the path
+
+    def parse_response(self, obj: Any, req: CanonicalRequest, new_id: IdFactory) -> CanonicalResponse:
+        resp = parse_response(obj, new_id, req.tool_names, single_call=req.parallel_tool_calls is False)
+        if req.model and not resp.model:
+            resp.model = req.model
+        return resp
+
+    def stream_source(self, sink: Sink, req: CanonicalRequest, new_id: IdFactory) -> Source:
+        return GeminiSource(sink, new_id, req.model, req.tool_names, single_call=req.parallel_tool_calls is False)

@@ -8,10 +8,12 @@ canonical call vocabulary below, so every pair works without pair-specific code:
     usage(Usage)  finish(reason, stop_sequence)  end()  error(GatewayError)
 
 `i` is the tool-call ordinal within the answer (0, 1, ...), the same meaning as OpenAI's
-`tool_calls[].index`. Same-family pairs use passthrough translators (openai.py / anthropic.py) that
+`tool_calls[].index`. Same-family pairs use relays (openai_passthrough.py / anthropic_passthrough.py) that
 re-frame events without re-encoding them.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 from .errors import GatewayError
 from .sse import SSEDecoder, SSEEvent, SSEOverflow
@@ -19,6 +21,8 @@ from .sse import SSEDecoder, SSEEvent, SSEOverflow
 
 class Sink:
     """Base for ingress encoders: collects output bytes and tracks commit/close state."""
+
+    error_event: Callable[[GatewayError], bytes]  # the format's error event (a staticmethod)
 
     def __init__(self) -> None:
         self.out: list[bytes] = []
@@ -34,6 +38,13 @@ class Sink:
 
     def trailer(self) -> None:
         """Called at upstream EOF after a clean end (OpenAI emits [DONE] there if not yet sent)."""
+
+    def error(self, err: GatewayError) -> None:
+        """`err` as the stream's last event: nothing is emitted after it."""
+        if self.closed:
+            return
+        self.out.append(self.error_event(err))
+        self.closed = True
 
 
 class Source:

@@ -2,7 +2,8 @@
 
 (a) client → mitmdump --mode reverse:<mock> → mock /v1/messages           (Anthropic request, untouched)
 (b) client → mitmdump + aigw addon → auth + balancing + OpenAI→Anthropic translation → mock /v1/messages
-(c) --failover-cost: as (b), but every request first hits a target that refuses connections
+(c) --failover-cost: as (b), but every request first hits a target that refuses connections, then (c5) one that
+    answers 500; the exit status is 1 when one failover costs FAILOVER_BUDGET_MS or more at p50 over (b)
 (r) --realistic: as (a), with what an SDK really sends: ~20 headers (User-Agent, Accept-Encoding, X-Stainless-*,
     Authorization, ...) and a gzip-compressed multi-turn JSON body (Content-Encoding: gzip)
 (d) --realistic: as (b), with the same realistic requests (the gateway checks the header count/size bounds and
@@ -33,6 +34,7 @@ from aigw.procs import stop_process as stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+FAILOVER_BUDGET_MS = 100.0  # what one failover (refused or 500, then served) may add at p50
 
 
 def rss_kb(pid: int) -> int:
@@ -239,6 +241,18 @@ def main() -> int:
             c = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
                          {"content-type": "application/json", "x-api-key": fkey}, openai_body, args)
             result["gateway_with_one_failover"] = c
+            port_500 = free_port()
+            procs.append(start([sys.executable, "-m", "aigw.mock", "--port", str(port_500), "--name", "failing",
+                                "--faults", json.dumps([{"status": 500}])], tmp / "mock500.log"))
+            wait_port(port_500)
+            fkey5 = configure_gateway(data, mock_port, subdomain="failover5", failing_port=port_500)
+            time.sleep(1.0)
+            c5 = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
+                          {"content-type": "application/json", "x-api-key": fkey5}, openai_body, args)
+            result["gateway_with_one_500_failover"] = c5
+            cost = {"refused": c["p50_ms"] - b["p50_ms"], "500": c5["p50_ms"] - b["p50_ms"]}
+            result["failover_cost_p50_ms"] = {k: round(v, 2) for k, v in cost.items()}
+            result["failover_within_budget"] = all(v < FAILOVER_BUDGET_MS for v in cost.values())
         if args.realistic:
             oa_real, an_real = realistic_bodies(args.stream)
             r = run_load(f"http://127.0.0.1:{bare_port}/v1/messages",
@@ -270,6 +284,11 @@ def main() -> int:
                       f"p99 {c['p99_ms']:7.2f} ms  errors {c['errors']}")
                 print(f"one failover (connection refused) costs {c['p50_ms'] - b['p50_ms']:+.2f} ms at p50, "
                       f"{c['p99_ms'] - b['p99_ms']:+.2f} ms at p99, under the same load")
+                c5 = result["gateway_with_one_500_failover"]
+                print(f"{'(c5) one 500 failover':20s} {c5['rps']:8.1f} req/s  p50 {c5['p50_ms']:7.2f} ms  "
+                      f"p99 {c5['p99_ms']:7.2f} ms  errors {c5['errors']}")
+                print(f"one failover costs less than {FAILOVER_BUDGET_MS:g} ms at p50: "
+                      f"{'yes' if result['failover_within_budget'] else 'NO'} {result['failover_cost_p50_ms']}")
             if "gateway_realistic" in result:
                 r, d, req = result["bare_realistic"], result["gateway_realistic"], result["realistic_request"]
                 for name, x in (("(r) bare, realistic", r), ("(d) aigw, realistic", d)):
@@ -279,7 +298,7 @@ def main() -> int:
                       f"{req['gzip_bytes']} bytes): gateway d/b {result['ratio_rps_d_over_b']:.3f} "
                       f"(p50 {d['p50_ms'] - b['p50_ms']:+.2f} ms), bare r/a {result['ratio_rps_r_over_a']:.3f} "
                       f"(p50 {r['p50_ms'] - a['p50_ms']:+.2f} ms); ratio d/r (req/s): {result['ratio_rps_d_over_r']:.3f}")
-        return 0
+        return 0 if result.get("failover_within_budget", True) else 1
     finally:
         for proc in procs:
             stop(proc)

@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from providers import PROVIDERS as _PROVIDERS
+
 # --------------------------------------------------------------------------------------------------------------
 # Shared field types
 # --------------------------------------------------------------------------------------------------------------
@@ -83,8 +85,9 @@ def new_id() -> str:
 # Known vocabularies
 # --------------------------------------------------------------------------------------------------------------
 
-PROVIDERS: tuple[str, ...] = ("openai", "anthropic", "gemini", "azure", "openai-compatible")
-Provider = Literal["openai", "anthropic", "gemini", "azure", "openai-compatible"]
+#: The provider names come from the translation layer's registry (providers/ is pure; store may import it).
+PROVIDERS: tuple[str, ...] = _PROVIDERS
+Provider = Literal[PROVIDERS]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
 
 #: Load-balancing algorithms: the one list the models, the balancer and the OpenAPI document use.
 Algorithm = Literal["round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky"]

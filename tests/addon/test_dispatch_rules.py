@@ -1,12 +1,13 @@
 """Pure decisions of the dispatcher: which statuses fail over, what the caller gets when every target failed."""
 
-from types import SimpleNamespace as NS
-
 import pytest
 
-from addon.dispatch import Dispatcher, credential_headers, target_origin
-from addon.upstream import classify_status
+from addon import routing
+from addon.attempt import classify_status
+from addon.dispatch import exhausted as exhausted_error
+from addon.targets import credential_headers, passthrough_headers, target_origin
 from providers import GatewayError
+from store.models import Target
 
 
 @pytest.mark.parametrize("status,reason", [(200, None), (400, None), (404, None), (422, None), (401, "401"),
@@ -17,7 +18,7 @@ def test_which_statuses_fail_over(status, reason):
 
 
 def exhausted(reasons, retry_afters=()):
-    return Dispatcher._exhausted(list(reasons), list(retry_afters), ["a:x"] * len(reasons))
+    return exhausted_error(list(reasons), list(retry_afters), ["a:x"] * len(reasons))
 
 
 def test_all_rate_limited_is_429_with_the_shortest_retry_after():
@@ -35,12 +36,13 @@ def test_all_timed_out_is_504_and_mixed_failures_are_502():
 
 
 def test_credentials_and_origin_of_a_target():
-    t = NS(provider="anthropic", host=None, port=None, protocol=None, headers={"anthropic-version": "2023-06-01"},
-           credentials=NS(header_name=None, header_value=None, api_key="k"))
+    t = Target.model_validate({"provider": "anthropic", "headers": {"anthropic-version": "2023-06-01"},
+                               "credentials": {"api_key": "k"}})
     assert credential_headers(t) == {"anthropic-version": "2023-06-01", "x-api-key": "k"}
     assert target_origin(t) == ("https", "api.anthropic.com", 443)
-    t = NS(provider=None, host="10.0.0.5", port=None, protocol="http", headers=None,
-           credentials=NS(header_name="Authorization", header_value="Bearer x", api_key=None))
+    # A record stored before a port was required (no validation, as the snapshot may hold it).
+    t = Target.model_construct(provider=None, host="10.0.0.5", port=None, protocol="http",
+                               credentials={"header_name": "Authorization", "header_value": "Bearer x"})
     assert credential_headers(t) == {"Authorization": "Bearer x"}
     assert target_origin(t) == ("http", "10.0.0.5", 80)
 
@@ -48,12 +50,13 @@ def test_credentials_and_origin_of_a_target():
 def test_passthrough_headers_drop_framing_encoding_and_the_gateway_key():
     from mitmproxy.http import Headers
 
-    from addon.dispatch import _passthrough_headers
-
     def headers(**fields):  # what the hook hands over: mitmproxy's case-insensitive headers
         return Headers([(k.replace("_", "-").encode(), v.encode()) for k, v in fields.items()])
 
-    t = NS(provider=None, headers={"x-extra": "1"}, credentials=None)
+    t = Target.model_validate({"host": "h", "port": 80, "protocol": "http", "headers": {"x-extra": "1"}})
+
+    def _passthrough_headers(caller, target):  # the gateway key is read once per request, by the dispatcher
+        return passthrough_headers(caller, target, routing.client_key(caller))
     client = headers(Content_Encoding="gzip", Content_Length="10", Host="gw", X_Api_Key="aigw-k",
                      Authorization="Bearer sk-callers-own", Accept="application/json", Connection="keep-alive")
     # The body is forwarded decoded, so its Content-Encoding must not travel with it.

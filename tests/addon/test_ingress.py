@@ -16,7 +16,8 @@ from mitmproxy.test import tflow
 
 import providers
 from addon import bodies, ingress
-from addon.dispatch import _passthrough_headers
+from addon.routing import client_key
+from addon.targets import passthrough_headers
 from addon.gateway import GatewayAddon
 from addon.bodies import decode_body
 from addon.ingress import Ingress, Limits, header_items, mask_query
@@ -47,7 +48,7 @@ def test_header_work_is_linear_in_the_number_of_headers():
     t = time.perf_counter()
     items = header_items(h)
     req = providers.parse_request("anthropic", json.dumps(dict(CHAT, max_tokens=5)).encode(), headers=h)
-    fwd = _passthrough_headers(h, SimpleNamespace(provider=None, headers={}, credentials=None))
+    fwd = passthrough_headers(h, SimpleNamespace(provider=None, headers={}, credentials=None), client_key(h))
     took = time.perf_counter() - t
     assert len(items) == 20_003 and req.client_headers == {"anthropic-beta": "one, two"}
     assert "X-H19999" in fwd and "X-Api-Key" not in fwd

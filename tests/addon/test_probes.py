@@ -4,7 +4,6 @@ circuit, nothing is probed when probes are off."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,6 +12,7 @@ from addon.probes import Prober
 from addon.upstream import UpstreamClient
 from aigw.mock import MockProvider
 from store.health_file import target_key
+from store.models import Upstream
 
 
 class FakeLive:
@@ -27,11 +27,13 @@ class FakeLive:
         return HealthPolicy.from_model(upstream.health_checks)
 
 
-def _upstream(uid: str, port: int, *, enabled: bool = True, interval: int = 1, threshold: int = 2, rest: int = 1):
-    target = SimpleNamespace(id="t1", host="127.0.0.1", port=port)
-    hc = SimpleNamespace(passive=True, threshold=threshold, interval=rest, error_ratio=None, min_requests=10,
-                         active=SimpleNamespace(enabled=enabled, path="/v1/models", interval=interval))
-    return SimpleNamespace(id=uid, targets=[target], health_checks=hc)
+def _upstream(uid: str, port: int, *, enabled: bool = True, interval: int = 1, threshold: int = 2, rest: int = 1,
+              target_id: str = "t1") -> Upstream:
+    target = {"id": target_id, "host": "127.0.0.1", "port": port, "protocol": "http",
+              "credentials": {"header_name": "Authorization", "header_value": "Bearer sk-probe"}}
+    hc = {"passive": True, "threshold": threshold, "interval": rest, "min_requests": 10,
+          "active": {"enabled": enabled, "path": "/v1/models", "interval": interval}}
+    return Upstream.model_validate({"id": uid, "name": uid, "targets": [target], "health_checks": hc})
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
@@ -57,8 +59,7 @@ async def client():
 
 
 def _prober(live, client) -> Prober:
-    return Prober(lambda: live, client, lambda t: ("http", t.host, t.port),
-                  lambda t: {"Authorization": "Bearer sk-probe"}, tick=0.02)
+    return Prober(lambda: live, client, tick=0.02)
 
 
 async def test_failing_probes_open_and_a_good_probe_after_the_rest_closes(mock, client):
@@ -100,8 +101,7 @@ async def test_refused_probe_is_a_failure(client):
 
 
 async def test_run_probes_on_interval_keeps_task_references_and_skips_disabled(mock, client):
-    on, off = _upstream("on", mock.port, interval=1), _upstream("off", mock.port, enabled=False)
-    off.targets[0].id = "t-off"
+    on, off = _upstream("on", mock.port, interval=1), _upstream("off", mock.port, enabled=False, target_id="t-off")
     live = FakeLive([on, off])
     prober = _prober(live, client)
     runner = asyncio.create_task(prober.run())

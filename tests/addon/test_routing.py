@@ -102,3 +102,26 @@ def test_trustgate_key_header_is_accepted_before_a_jwt_bearer():
     # TrustGate's guide sends X-TG-API-Key together with `Authorization: Bearer <JWT>`.
     route = resolve("alpha.example.com", {"x-tg-api-key": "k1", "authorization": "Bearer some.jwt.token"})
     assert route.gateway.id == "g1"
+
+
+def test_gateway_keys_never_reach_a_provider_in_the_query():
+    """Fuzz finding: `?key=<gateway key>` on an untranslated call was forwarded to the provider."""
+    rule = NS(path="/pt", strip_path=False)
+    assert routing.forwarded_path("/pt/x?key=aigw-secret&alt=json", rule, None) == "/pt/x?alt=json"
+    assert routing.forwarded_path("/pt/x?a=1&api_key=aigw%2Dsecret", rule, None) == "/pt/x?a=1"
+    assert routing.forwarded_path("/pt/x?key=provider-key", rule, None) == "/pt/x?key=provider-key"
+
+
+def test_no_gateway_key_in_forwarded_authorization():
+    """Fuzz finding: another gateway's key in Authorization was forwarded when the caller authenticated with
+    X-Api-Key."""
+    from addon.targets import passthrough_headers
+    from store.models import Target
+
+    target = Target(id="t", host="127.0.0.1", port=1, protocol="http")
+    out = passthrough_headers({"x-api-key": "aigw-mine", "authorization": "Bearer aigw-other", "x-keep": "1"},
+                              target, "aigw-mine")
+    assert "authorization" not in {k.lower() for k in out} and out["x-keep"] == "1"
+    out = passthrough_headers({"x-api-key": "aigw-mine", "authorization": "Bearer sk-own-provider-key"},
+                              target, "aigw-mine")
+    assert out["authorization"] == "Bearer sk-own-provider-key"

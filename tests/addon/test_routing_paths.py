@@ -15,16 +15,19 @@ import pytest
 from aiohttp import web
 
 import providers
-from addon import dispatch, routing
-from addon.dispatch import Dispatcher, Settings, credential_headers
+from addon import attempt, routing
+from addon.attempt import AttemptRequest, Inbound
+from addon.dispatch import Dispatcher, Settings
 from addon.live import LiveConfig
 from addon.relay import Relay
+from addon.targets import credential_headers
 from addon.upstream import Attempt, UpstreamClient
 from aigw.mock import MockProvider
 from providers import GatewayError, TargetSpec
 from store import Store
+from store.health_file import target_key
 from store.keys import hash_key
-from store.models import ApiKey, Failover, Gateway, Rule, Service, Upstream
+from store.models import ApiKey, Failover, Gateway, Rule, Service, Target, Upstream
 
 # -------------------------------------------------------------------------------------------- request paths
 ESCAPES = [
@@ -171,7 +174,7 @@ def test_framing_headers_of_a_stored_target_are_not_sent():
     headers = {k.lower() for k in providers.build_upstream_request(canon("m", ingress="anthropic"), spec).headers}
     assert "x-keep" in headers and "anthropic-version" in headers
     assert not headers & {"content-length", "host", "transfer-encoding", "proxy-authorization", "connection"}
-    t = NS(provider=None, headers={"Content-Length": "5", "X-Keep": "1"}, credentials=None)
+    t = Target.model_construct(headers={"Content-Length": "5", "X-Keep": "1"})  # stored before headers were checked
     assert credential_headers(t) == {"X-Keep": "1"}
 
 
@@ -216,18 +219,18 @@ class RecordingClient:
 
 
 def attempt_once(client, target, provider="openai", model="gpt-4"):
-    d = Dispatcher(live=None, client=client, relay=None, settings=Settings())
-    route = NS(upstream=NS(id="u1"), service=NS(id="s1"), rule=NS(path="/v1", strip_path=False))
-    c = canon(model) if provider else None
-    return d._attempt_once(target, provider, c, route, "POST", "/v1/chat/completions", {}, b"{}", Failover(), 10.0)
+    rule = Rule.model_validate({"path": "/v1", "service_id": "s1"})
+    inbound = Inbound(method="POST", path="/v1/chat/completions", headers={}, body=b"{}", rule=rule,
+                      canon=canon(model) if provider else None, gateway_key=None)
+    return attempt.once(AttemptRequest(target, target_key("u1", target.id), inbound, Failover(), 10.0), client)
 
 
 def target(**kw):
-    fields = dict(id="t1", provider="openai", host="127.0.0.1", port=80, protocol="http", path=None, models=[],
-                  default_model=None, headers={}, credentials={"api_key": "sk-secret"}, api_version=None,
-                  max_tokens_default=None)
+    """A target as the snapshot may hold it: stored before the admin API checked hosts, paths and ids."""
+    fields = dict(id="t1", provider="openai", host="127.0.0.1", port=80, protocol="http",
+                  credentials={"api_key": "sk-secret"})
     fields.update(kw)
-    return NS(**fields)
+    return Target.model_construct(**fields)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:45505/_mock/stats#", "user:pw@127.0.0.1", "a" * 300, "h\r\nX: y"])
@@ -327,14 +330,14 @@ async def test_a_broken_stored_target_fails_over_and_opens_its_breaker(world, na
 
 
 async def test_an_unexpected_error_in_an_attempt_is_a_failed_attempt(world, monkeypatch, caplog):
-    real = Dispatcher._attempt
+    real = attempt.once
 
-    async def flaky(self, target, *args):
-        if target.id == "broken":
+    async def flaky(req, client):
+        if req.target.id == "broken":
             raise RuntimeError("bug with sk-good inside")
-        return await real(self, target, *args)
+        return await real(req, client)
 
-    monkeypatch.setattr(Dispatcher, "_attempt", flaky)
+    monkeypatch.setattr(attempt, "once", flaky)
     with caplog.at_level(logging.WARNING, "aigw.dispatch"):
         replies = [await ask(world.d, "bug") for _ in range(2)]
     assert [r.status for r in replies] == [200, 200]

