@@ -119,7 +119,7 @@ def exhausted(reasons: list[Reason], retry_afters: list[float], attempts: list[s
 
 def error_response(ingress: str | None, err: GatewayError) -> Reply:
     """A gateway error in the caller's format (OpenAI when the path names neither)."""
-    r = providers.error_reply(ingress or "openai", err)
+    r = providers.error_reply(ingress, err)
     return Reply(status=r.status, headers=dict(r.headers), body=r.body)
 
 

@@ -194,7 +194,7 @@ class GatewayAddon:
                                self.ingress.limits.max_body)
         except providers.GatewayError as err:
             self._concealed.pop(flow.id, None)
-            reply = providers.error_reply(providers.ingress_for_path(req.path) or "openai", err)
+            reply = providers.error_reply(providers.ingress_for_path(req.path), err)
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
         original = self._concealed.pop(flow.id, None)

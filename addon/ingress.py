@@ -147,13 +147,9 @@ def mask_query(path: str, mask: Callable[[str], str]) -> str:
 
 
 # -- refusals, deadlines -----------------------------------------------------------------------------------------
-def _ingress_of(flow: Any) -> str:
-    return providers.ingress_for_path(flow.request.path) or "openai"
-
-
 def error_response(flow: Any, err: GatewayError, *, close: bool = False):
     from mitmproxy import http
-    reply = providers.error_reply(_ingress_of(flow), err)
+    reply = providers.error_reply(providers.ingress_for_path(flow.request.path), err)
     headers = dict(reply.headers)
     if close:
         headers["connection"] = "close"
@@ -384,7 +380,7 @@ class Ingress:
         from mitmproxy import http
         err = GatewayError(408, "timeout",
                            f"The request body did not arrive within {self.limits.client_timeout:.3g} s.")
-        reply = providers.error_reply(providers.ingress_for_path(path) or "openai", err)
+        reply = providers.error_reply(providers.ingress_for_path(path), err)
         writer.write(_assemble(http.Response.make(reply.status, reply.body,
                                                   {**reply.headers, "connection": "close"})))
 

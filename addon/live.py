@@ -13,20 +13,19 @@ import asyncio
 import logging
 import os
 import time
-from typing import Any
 
 from addon.balancer import Balancer, Plan
 from addon.health import HealthBoard, HealthPolicy
 from store.health_file import health_path_for, target_key, write_health
-from store.snapshot import SnapshotLoader
+from store.models import HealthChecks, Target, Upstream
+from store.snapshot import Snapshot, SnapshotLoader
 
 log = logging.getLogger("aigw.live")
 
 
-def target_identity(target: Any) -> tuple:
+def target_identity(target: Target) -> tuple:
     """What makes a target the same server for health purposes: its provider and where it is reached."""
-    return (getattr(target, "provider", None), getattr(target, "protocol", None), getattr(target, "host", None),
-            getattr(target, "port", None))
+    return target.provider, target.protocol, target.host, target.port
 
 
 class LiveConfig:
@@ -38,15 +37,15 @@ class LiveConfig:
         self.poll_interval = poll_interval
         self.publish_interval = publish_interval
         # upstream id → (balancer, the snapshot's upstream object it was built from)
-        self._balancers: dict[str, tuple[Balancer, Any]] = {}
+        self._balancers: dict[str, tuple[Balancer, Upstream]] = {}
         # health key → the target's identity (provider and origin) that its health state describes
         self._identities: dict[str, tuple] = {}
-        self._policies: dict[str, tuple[Any, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
+        self._policies: dict[str, tuple[HealthChecks | None, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
         self._tasks: list[asyncio.Task] = []
         self._prune()  # record the identities of the targets health will be kept for
 
     @property
-    def snapshot(self) -> Any:
+    def snapshot(self) -> Snapshot:
         return self.loader.current
 
     # -- background work --------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ class LiveConfig:
         except Exception:
             log.exception("aigw: could not publish health state")
 
-    def upstreams(self) -> list[Any]:
+    def upstreams(self) -> list[Upstream]:
         return list(self.snapshot.upstreams())
 
     def _prune(self) -> None:
@@ -122,15 +121,15 @@ class LiveConfig:
                 del self._policies[uid]
 
     # -- per request ------------------------------------------------------------------------------------
-    def policy(self, upstream: Any) -> HealthPolicy:
-        checks = getattr(upstream, "health_checks", None)
+    def policy(self, upstream: Upstream) -> HealthPolicy:
+        checks = upstream.health_checks
         cached = self._policies.get(upstream.id)
         if cached is None or cached[0] is not checks:
             cached = (checks, HealthPolicy.from_model(checks))
             self._policies[upstream.id] = cached
         return cached[1]
 
-    def balancer(self, upstream: Any) -> Balancer:
+    def balancer(self, upstream: Upstream) -> Balancer:
         """The upstream's balancer, holding exactly this snapshot's Target objects.
 
         A reload gives every upstream a new object: the balancer is then rebuilt around the new targets (any
@@ -139,27 +138,26 @@ class LiveConfig:
         cached = self._balancers.get(upstream.id)
         if cached is not None and cached[1] is upstream:
             return cached[0]
-        sticky = getattr(upstream, "sticky", None)
-        ttl = float(getattr(sticky, "ttl", 300) or 300)
+        ttl = float(upstream.sticky.ttl if upstream.sticky is not None and upstream.sticky.ttl else 300)
         balancer = Balancer(upstream.algorithm, list(upstream.targets), sticky_ttl=ttl)
         if cached is not None and cached[0].algorithm == balancer.algorithm:
             balancer.inherit(cached[0])
         self._balancers[upstream.id] = (balancer, upstream)
         return balancer
 
-    def plan(self, upstream: Any, sticky_key: str | None = None) -> tuple[list[Any], bool]:
+    def plan(self, upstream: Upstream, sticky_key: str | None = None) -> tuple[list[Target], bool]:
         """Targets in attempt order, and whether every target was out (fail-open)."""
         policy = self.policy(upstream)
         health = self.health
         uid = upstream.id
 
-        def available(t: Any) -> bool:
+        def available(t: Target) -> bool:
             return health.is_available(target_key(uid, t.id), policy)
 
-        def in_flight(t: Any) -> int:
+        def in_flight(t: Target) -> int:
             return health.in_flight(target_key(uid, t.id))
 
-        def ewma(t: Any) -> float | None:
+        def ewma(t: Target) -> float | None:
             return health.ewma_ttfb(target_key(uid, t.id))
 
         plan: Plan = self.balancer(upstream).plan(available=available, in_flight=in_flight, ewma=ewma,

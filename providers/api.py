@@ -109,7 +109,8 @@ def default_origin(provider: str) -> tuple[str, str, int]:
 
 
 # ------------------------------------------------------------------ responses
-def error_reply(ingress: str, err: GatewayError) -> Reply:
+def error_reply(ingress: str | None, err: GatewayError) -> Reply:
+    """An error in the caller's format; `ingress` None (a path naming no format): the default ingress's."""
     headers = dict(_JSON)
     if err.retry_after:
         headers["retry-after"] = str(err.retry_after)
