@@ -29,7 +29,8 @@ from addon import routing
 from addon.targets import origin_url, passthrough_headers, target_origin
 from addon.upstream import Attempt, UpstreamClient, response_headers
 from providers import CanonicalRequest, GatewayError, StreamTranslator, TargetSpec
-from store.models import Failover, Rule, Target, path_problem
+from store.models import Failover, Rule, Target
+from store.validation import path_problem
 
 log = logging.getLogger("aigw.dispatch")
 

@@ -14,7 +14,8 @@ from store.keys import KEY_PREFIX
 from addon.ingress import header_items
 from addon.upstream import HOP_BY_HOP
 from providers import GatewayError
-from store.models import GATEWAY_OWNED_HEADERS, Service, Target, host_problem
+from store.models import Service, Target
+from store.validation import host_problem
 
 Origin = tuple[str, str, int]  # (scheme, host, port)
 
@@ -61,7 +62,7 @@ def credential_headers(target: Target) -> dict[str, str]:
                **providers.auth_headers(target.provider or "openai-compatible", target.credentials)}
     # Framing headers of a record stored before the admin API refused them: the gateway frames the request.
     return {k: v for k, v in headers.items()
-            if k.lower() not in GATEWAY_OWNED_HEADERS and not k.lower().startswith("proxy-")}
+            if not providers.is_framing_header(k)}
 
 
 # Request headers never copied to an untranslated upstream call: hop-by-hop and framing ones (the body is sent

@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
-from providers import GatewayError
+from providers import FRAMING_HEADERS, GatewayError
 
-# Hop-by-hop and framing headers never copied between the two connections.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "content-length", "host", "content-encoding",
-})
+# Hop-by-hop and framing headers never copied between the two connections (providers' one list, with the
+# proxy-* ones it covers by prefix).
+HOP_BY_HOP = FRAMING_HEADERS | {"proxy-authenticate", "proxy-authorization"}
 
 
 @dataclass(slots=True)

@@ -29,8 +29,8 @@ them to the family objects (interface.py: Client, Backend, Passthrough); api.py 
 from __future__ import annotations
 
 from .api import (
-    auth_headers, build_upstream_request, default_origin, error_reply, ingress_for_path, open_stream,
-    parse_request, translate_response,
+    FRAMING_HEADERS, auth_headers, build_upstream_request, default_origin, error_reply, ingress_for_path,
+    is_framing_header, open_stream, parse_request, translate_response,
 )
 from .canonical import CanonicalRequest
 from .errors import GatewayError
@@ -41,5 +41,6 @@ from .streaming import StreamTranslator
 __all__ = [
     "GatewayError", "CanonicalRequest", "TargetSpec", "UpstreamRequest", "Reply", "StreamTranslator",
     "ingress_for_path", "parse_request", "build_upstream_request", "default_origin", "auth_headers",
-    "translate_response", "error_reply", "open_stream", "PROVIDERS", "INGRESSES",
+    "translate_response", "error_reply", "open_stream", "PROVIDERS", "INGRESSES", "FRAMING_HEADERS",
+    "is_framing_header",
 ]

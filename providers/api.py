@@ -23,13 +23,16 @@ _SHAPE_ERRORS = (TypeError, AttributeError, KeyError, ValueError, IndexError)
 _MODEL_ID = re.compile(r"[\x21-\x7e]{1,256}")
 # Framing and hop-by-hop headers: the gateway frames the upstream request itself; a target's header or
 # credential with one of these names (a record stored before the admin API refused them) is dropped.
-_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host", "upgrade",
-                              "te", "trailer", "trailers", "content-encoding"})
+# The one list: the admin API refuses these names (store/models.py), the addon never copies them between
+# connections (addon/upstream.py, addon/targets.py).
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host", "upgrade",
+                             "te", "trailer", "trailers", "content-encoding"})
 
 
-def _framing_header(name: str) -> bool:
+def is_framing_header(name: str) -> bool:
+    """A framing or hop-by-hop header (`FRAMING_HEADERS` or `proxy-*`): the gateway sets those itself."""
     name = name.lower()
-    return name in _FRAMING_HEADERS or name.startswith("proxy-")
+    return name in FRAMING_HEADERS or name.startswith("proxy-")
 
 
 # ------------------------------------------------------------------ requests
@@ -93,7 +96,7 @@ def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> Upstrea
         if k.lower() in backend.version_headers:
             headers.pop(k.lower(), None)
         headers[k] = v
-    for k in [k for k in headers if _framing_header(k)]:
+    for k in [k for k in headers if is_framing_header(k)]:
         del headers[k]
     if req.stream:
         headers["accept"] = "text/event-stream"

@@ -12,228 +12,49 @@ names) live in :class:`ApiKeyCreate` and in the repository respectively.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from functools import cache
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Self, Union, get_args, get_origin
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from .validation import HEADER_NAME, HEADER_VALUE_FORBIDDEN, check_header
+
+from .fields import (  # noqa: F401  (re-exported: the models' vocabularies)
+    ALGORITHMS,
+    ALGORITHM_ALIASES,
+    AbsolutePath,
+    Algorithm,
+    DNS_LABEL,
+    HTTP_METHODS,
+    HttpMethod,
+    INPUT_CONTEXT,
+    MAX_JSON_INT,
+    NonEmptyStr,
+    PROVIDERS,
+    Protocol,
+    Provider,
+    RETRY_CONDITIONS,
+    RetryCondition,
+    STICKY_HASH_ON,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    TARGET_ID,
+    UtcDatetime,
+    _absolute_path,
+    _ascii_lowercase,
+    _check_host,
+    _check_path,
+    _is_input,
+    _lowercase,
+    format_rfc3339,
+    new_id,
+    to_utc,
+    utc_now,
 )
-
-from providers import PROVIDERS as _PROVIDERS
-
-# --------------------------------------------------------------------------------------------------------------
-# Shared field types
-# --------------------------------------------------------------------------------------------------------------
-
-#: Strict numbers: ``"5"`` or ``true`` for a weight is a client bug worth a 400, not something to guess at.
-#: Integers stay within what every JSON client represents exactly (2**53 - 1): a bigger weight, port or interval
-#: is a typo, and would overflow float arithmetic (time-outs, schedules) in the data plane.
-MAX_JSON_INT = 2**53 - 1
-StrictInt = Annotated[int, Field(strict=True, le=MAX_JSON_INT)]
-#: ``1e400`` parses to infinity; it would be stored as the non-JSON ``Infinity``.
-StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-StrictBool = Annotated[bool, Field(strict=True)]
-NonEmptyStr = Annotated[str, Field(strict=True, min_length=1)]
-
-
-def utc_now() -> datetime:
-    """Current time, aware UTC, truncated to the millisecond precision timestamps are stored with (so a returned
-    record equals the same record read back)."""
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def to_utc(value: datetime) -> datetime:
-    """Normalise to UTC; a naive datetime is taken to already be UTC (lenient with hand-written payloads)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def format_rfc3339(value: datetime) -> str:
-    """RFC 3339 UTC with millisecond precision and a ``Z`` suffix, e.g. ``2026-01-02T03:04:05.678Z``."""
-    return to_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-#: A timestamp: accepted as RFC 3339 (any offset), held as aware UTC, always written as ``...Z``.
-UtcDatetime = Annotated[
-    datetime,
-    AfterValidator(to_utc),
-    PlainSerializer(format_rfc3339, return_type=str, when_used="json"),
-]
-
-
-def new_id() -> str:
-    """Server-generated identifier (uuid4, canonical text form)."""
-    return str(uuid.uuid4())
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Known vocabularies
-# --------------------------------------------------------------------------------------------------------------
-
-#: The provider names come from the translation layer's registry (providers/ is pure; store may import it).
-PROVIDERS: tuple[str, ...] = _PROVIDERS
-Provider = Literal[PROVIDERS]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
-
-#: Load-balancing algorithms: the one list the models, the balancer and the OpenAPI document use.
-Algorithm = Literal["round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky"]
-ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
-ALGORITHM_ALIASES: dict[str, str] = {"least-conn": "least-connections"}
-
-HTTP_METHODS: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
-HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-
-RETRY_CONDITIONS: tuple[str, ...] = ("connect", "timeout", "5xx", "429", "401", "403")
-RetryCondition = Literal["connect", "timeout", "5xx", "429", "401", "403"]
-
-DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
-#: Target ids end up in health keys ``"<upstream_id>/<target_id>"`` and in response headers: no slashes or spaces.
-TARGET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-#: ``header:<Name>`` (an HTTP token) or ``api_key``.
-STICKY_HASH_ON = re.compile(r"api_key|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def _lowercase(value: Any) -> Any:
-    return value.strip().lower() if isinstance(value, str) else value
-
-
-def _ascii_lowercase(value: Any) -> Any:
-    """Lower-case ASCII only: ``str.lower`` maps some non-ASCII letters to ASCII (KELVIN SIGN -> ``k``)."""
-    return _lowercase(value) if isinstance(value, str) and value.isascii() else value
-
-
-def _absolute_path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("path must start with '/'")
-    return value
-
-
-#: A URL path (target, endpoint service or rule): starts with "/".
-AbsolutePath = Annotated[str, AfterValidator(_absolute_path), Field(json_schema_extra={"pattern": "^/"})]
-#: How a target or endpoint is reached; "HTTPS" and " http " mean the same.
-Protocol = Annotated[Literal["http", "https"], BeforeValidator(_lowercase)]
-
-
-#: An HTTP header name (RFC 9110 token).
-HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-#: Control characters that must never reach a header value (CR/LF would inject headers).
-HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-#: Validation context of client payloads (``Entity.from_payload``): checks added after records were stored are
-#: applied to new input only, so older stored records stay loadable.
-INPUT_CONTEXT = {"admin_input": True}
-
-
-def _is_input(info: ValidationInfo) -> bool:
-    return bool(info.context and info.context.get("admin_input"))
-
-
-#: Framing and hop-by-hop headers: the gateway sets them for each upstream request itself; a configured one would
-#: corrupt it (a ``Content-Length`` cuts the body short, a ``Host`` sends it to another virtual host).
-GATEWAY_OWNED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "host",
-                                   "upgrade", "te", "trailer", "trailers", "content-encoding"})
-
-
-def check_header(name: str, value: str | None, what: str) -> None:
-    if not HEADER_NAME.fullmatch(name):
-        raise ValueError(f"{what} name {name!r} is not a valid HTTP header name")
-    if name.lower() in GATEWAY_OWNED_HEADERS or name.lower().startswith("proxy-"):
-        raise ValueError(f"{what} {name!r} is a framing or hop-by-hop header the gateway sets itself; "
-                         "it cannot be configured")
-    if value is not None and HEADER_VALUE_FORBIDDEN.search(value):
-        raise ValueError(f"{what} value of {name!r} contains control characters (CR, LF, NUL, ...)")
-
-
-#: A DNS label (RFC 1123; "_" tolerated, as container and service-discovery names use it).
-_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_HOST_HINT = ("host must be a bare host name or IP address: no scheme, port, path, user info or spaces "
-              "(port and protocol are fields of their own)")
-
-
-def host_problem(host: str) -> str | None:
-    """Why ``host`` is not a bare DNS name (labels of at most 63 characters, at most 253 in all), IPv4 address or
-    IPv6 literal (with or without brackets), or None. Shared with the proxy, which refuses such a stored host."""
-    if not isinstance(host, str) or not host:
-        return "host must be a non-empty string"
-    bracketed = host.startswith("[") and host.endswith("]")
-    inner = host[1:-1] if bracketed else host
-    if ":" in inner:
-        try:
-            if "%" in inner:  # a zone id (fe80::1%eth0) has no place in a URL host
-                raise ValueError(inner)
-            ipaddress.IPv6Address(inner)
-        except ValueError:
-            return _HOST_HINT
-        return None
-    if bracketed:
-        return f"{_HOST_HINT}; brackets are for IPv6 literals only"
-    name = host[:-1] if host.endswith(".") else host  # one trailing dot: a fully qualified name
-    if len(name) > 253:
-        return "host is longer than 253 characters"
-    labels = name.split(".")
-    for label in labels:
-        if len(label) > 63:
-            return "host has a label longer than 63 characters"
-        if not _HOST_LABEL.fullmatch(label):
-            return f"{_HOST_HINT}; a name is labels of letters, digits and '-', separated by '.'"
-    if labels[-1].isdigit():
-        try:
-            ipaddress.IPv4Address(name)
-        except ValueError:
-            return "host looks like an IPv4 address but is not a valid one (four numbers 0-255)"
-    return None
-
-
-def _check_host(value: str | None, info: ValidationInfo) -> str | None:
-    """Admin input: a valid host (IPv6 kept without brackets: the URL gets them when it is built)."""
-    if value is not None and _is_input(info):
-        problem = host_problem(value)
-        if problem:
-            raise ValueError(problem)
-        if value.startswith("["):
-            return value[1:-1]
-    return value
-
-
-_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.IGNORECASE)
-
-
-def path_problem(path: str) -> str | None:
-    """Why a configured upstream path (a target's or endpoint service's, query allowed) cannot be sent as is, or
-    None. Shared with the proxy, which refuses such a stored path."""
-    if not path.startswith("/"):
-        return "path must start with '/'"
-    if not re.fullmatch(r"[\x21-\x7e]+", path):
-        return "path must be visible ASCII: no spaces or control characters (percent-encode the rest)"
-    if "#" in path or "\\" in path:
-        return "path must not contain '#' or '\\'"
-    base = path.split("?", 1)[0]
-    if _DOT_SEGMENT.search(base):
-        return "path must not contain '.' or '..' segments"
-    if re.search(r"%(2f|5c|00)", base, re.IGNORECASE):
-        return "path must not contain an encoded '/', '\\' or NUL"
-    return None
-
-
-def _check_path(value: str | None, info: ValidationInfo) -> str | None:
-    if value is not None and _is_input(info):
-        problem = path_problem(value)
-        if problem:
-            raise ValueError(problem)
-    return value
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from admin import create_app
 from store import Store
-from store.models import INPUT_CONTEXT, Gateway, Service, Target, Upstream, host_problem, path_problem
+from store.models import INPUT_CONTEXT, Gateway, Service, Target, Upstream
+from store.validation import host_problem, path_problem
 from store.snapshot import SnapshotLoader
 
 
