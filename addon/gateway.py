@@ -197,12 +197,10 @@ class GatewayAddon:
             reply = providers.error_reply(providers.ingress_for_path(req.path), err)
             flow.response = http.Response.make(reply.status, reply.body, reply.headers)
             return
-        original = self._concealed.pop(flow.id, None)
-        if original:
-            self._unmask(flow, original)
-        reply = await self.dispatcher.handle(method=req.method, path=req.path, host=req.host_header or req.host,
-                                             headers=req.headers, body=body)
-        self._redact(flow)
+        # The flow stays masked (requestheaders): the dispatcher gets the caller's real key headers and path.
+        path, headers = self._caller_view(req, self._concealed.pop(flow.id, None))
+        reply = await self.dispatcher.handle(method=req.method, path=path, host=req.host_header or req.host,
+                                             headers=headers, body=body)
         flow.metadata["aigw"] = {"provider": reply.provider, "target": reply.target_id,
                                  "attempts": reply.attempts, "fail_open": reply.fail_open}
         flow.comment = f"aigw: {reply.provider or '-'} target={reply.target_id or '-'} " \
@@ -280,9 +278,13 @@ class GatewayAddon:
         return original or None
 
     @staticmethod
-    def _unmask(flow: http.HTTPFlow, original: dict) -> None:
-        for name, value in original.items():
-            if name == "path":
-                flow.request.path = value
-            else:
-                flow.request.headers.set_all(name, value)
+    def _caller_view(req: http.Request, original: dict | None) -> tuple[str, http.Headers]:
+        """The path and headers the caller sent, from the masked request and what `_redact` replaced; the
+        flow itself stays masked."""
+        if not original:
+            return req.path, req.headers
+        headers = req.headers.copy()
+        for name, values in original.items():
+            if name != "path":
+                headers.set_all(name, values)
+        return original.get("path", req.path), headers

@@ -256,9 +256,10 @@ def test_redact_masks_keys_and_returns_what_it_replaced():
     assert f.request.headers.get_all("x-api-key") == ["aigw-…cdef", "secon…5678"]
     assert f.request.headers["authorization"] == "Bearer sk-pr…1234"
     assert GatewayAddon._redact(f) is None  # masks are not masked again
-    GatewayAddon._unmask(f, original)  # what the dispatcher sees
-    assert f.request.path.endswith(f"key={key}") and f.request.headers.get_all("x-api-key")[0] == key
-    assert f.request.headers["authorization"] == "Bearer sk-provider-secret-1234"
+    path, headers = GatewayAddon._caller_view(f.request, original)  # what the dispatcher sees
+    assert path.endswith(f"key={key}") and headers.get_all("x-api-key")[0] == key
+    assert headers["authorization"] == "Bearer sk-provider-secret-1234"
+    assert "sk-provider-secret" not in repr(f.request.headers.fields)  # while the flow stays masked
     f = _flow(f"/v1/chat/completions?key={key}")  # no header key at all: masked as well
     GatewayAddon._redact(f)
     assert key not in f.request.path
