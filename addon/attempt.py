@@ -28,7 +28,8 @@ import providers
 from addon import routing
 from addon.targets import origin_url, passthrough_headers, target_origin
 from addon.upstream import Attempt, UpstreamClient, response_headers
-from providers import CanonicalRequest, GatewayError, StreamTranslator, TargetSpec
+from addon.wire import WireCapture
+from providers import CanonicalRequest, GatewayError, StreamTranslator, TargetSpec, Usage
 from store.models import Failover, Rule, Target
 from store.validation import path_problem
 
@@ -96,6 +97,7 @@ class AttemptRequest:
     inbound: Inbound
     failover: Failover
     budget: float      # seconds left of the request's total_timeout
+    wire: WireCapture | None = None  # filled with what goes over the wire (aigw_attempt_flows), else None
 
     @property
     def translated(self) -> bool:
@@ -117,6 +119,8 @@ class Answer:
     body: bytes
     ttfb: float | None = None
     events: bool = False  # a whole stream, already in the caller's event format (it ended before the relay)
+    usage: Usage | None = None  # a whole stream's reported usage (a JSON answer's comes from its translation)
+    model: str | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +134,7 @@ class Opened:
     idle_timeout: float
     ttfb: float
     buffered: bytes = b""
+    wire: WireCapture | None = None  # the relay keeps adding the raw stream to it
 
 
 @dataclass(slots=True)
@@ -225,36 +230,56 @@ async def once(req: AttemptRequest, client: UpstreamClient) -> Outcome:
         if err.status == 400:
             raise  # the caller's request (e.g. its model) does not suit this target: the loop decides
         return broken(req, err.message)
+    wire = req.wire
+    if wire is not None:
+        creds = req.target.credentials
+        wire.sent(call.method, call.url, call.headers, call.body,
+                  secret_headers=(creds.header_name,) if creds is not None and creds.header_name else ())
     t0 = time.perf_counter()
     try:
         resp = await client.send(call)
     except TimeoutError:
-        return Failure(Reason.TIMEOUT)
+        return _failed(wire, Failure(Reason.TIMEOUT))
     except (aiohttp.ClientError, OSError) as exc:
-        return Failure(Reason.CONNECT, error=GatewayError(502, "api_error", type(exc).__name__))
+        return _failed(wire, Failure(Reason.CONNECT, error=GatewayError(502, "api_error", type(exc).__name__)))
     except Exception as exc:  # e.g. ValueError: a header or URL the HTTP client refuses to send
-        return broken(req, f"request refused by the HTTP client: {type(exc).__name__}")
+        return _failed(wire, broken(req, f"request refused by the HTTP client: {type(exc).__name__}"))
     ttfb = time.perf_counter() - t0
     status = resp.status
     headers = response_headers(resp)
+    if wire is not None:
+        wire.answered(status, headers)
     try:
         if status >= 400 or _EVENT_STREAM not in headers.get("content-type", "") or (
                 req.target.provider and not call.stream):
-            return await _whole(resp, status, headers, call.idle_timeout, ttfb)
+            return _failed(wire, await _whole(resp, status, headers, call.idle_timeout, ttfb, wire))
         if not req.translated:
             # Untranslated stream: it commits at the headers.
             return Opened(status=status, headers=headers, response=resp, translator=None,
-                          idle_timeout=call.idle_timeout, ttfb=ttfb)
-        return await _first_content(resp, status, headers, req.inbound.canon, req.target.provider, call, ttfb)
+                          idle_timeout=call.idle_timeout, ttfb=ttfb, wire=wire)
+        return _failed(wire, await _first_content(resp, status, headers, req.inbound.canon, req.target.provider,
+                                                  call, ttfb, wire))
     except BaseException:
         resp.close()
         raise
 
 
+def _failed(wire: WireCapture | None, outcome: Outcome) -> Outcome:
+    """Note a failure without an answer on the capture (a connection error, a time-out, a cut)."""
+    if wire is not None:
+        if isinstance(outcome, Failure):
+            wire.failed(outcome.describe())
+        if not isinstance(outcome, Opened):
+            wire.close()
+    return outcome
+
+
 async def _whole(resp: aiohttp.ClientResponse, status: int, headers: dict[str, str], idle_timeout: float,
-                 ttfb: float) -> Answer | Failure:
+                 ttfb: float, wire: WireCapture | None = None) -> Answer | Failure:
     try:
         data = await UpstreamClient.read_body(resp, idle_timeout, MAX_UPSTREAM_BODY)
+        if wire is not None:
+            wire.received(data)
     except TimeoutError:
         return Failure(Reason.TIMEOUT)
     except aiohttp.ClientError:
@@ -269,7 +294,8 @@ async def _whole(resp: aiohttp.ClientResponse, status: int, headers: dict[str, s
 
 
 async def _first_content(resp: aiohttp.ClientResponse, status: int, headers: dict[str, str],
-                         canon: CanonicalRequest, provider: str, call: Attempt, ttfb: float) -> Outcome:
+                         canon: CanonicalRequest, provider: str, call: Attempt, ttfb: float,
+                         wire: WireCapture | None = None) -> Outcome:
     """Read a translated stream up to its commit point (first content), within first_token_timeout."""
     translator = providers.open_stream(canon, provider)
     sent_at = time.perf_counter() - ttfb  # the request went out here; a stream's TTFB is its first content
@@ -286,6 +312,8 @@ async def _first_content(resp: aiohttp.ClientResponse, status: int, headers: dic
             if not chunk:
                 eof = True
                 break
+            if wire is not None:
+                wire.received(chunk)
             buf += translator.feed(chunk)
     except TimeoutError:
         resp.close()
@@ -299,14 +327,14 @@ async def _first_content(resp: aiohttp.ClientResponse, status: int, headers: dic
         return Failure(classify_status(err.status) or Reason.SERVER_ERROR, error=err, retry_after=err.retry_after)
     if translator.committed:
         ttfb = time.perf_counter() - sent_at
-        if _drain_arrived(resp, translator, buf):
+        if _drain_arrived(resp, translator, buf, wire):
             # The provider had already sent the whole stream: it goes out in one piece, without the relay
             # hop. Nothing waits for it — every event is delivered as early as with the relay.
             resp.release()
             buf += translator.finish()
-            return _events(status, buf, ttfb)
+            return _events(status, buf, ttfb, translator)
         return Opened(status=status, headers=headers, response=resp, translator=translator,
-                      idle_timeout=call.idle_timeout, ttfb=ttfb, buffered=bytes(buf))
+                      idle_timeout=call.idle_timeout, ttfb=ttfb, buffered=bytes(buf), wire=wire)
     # Ended before any content (an empty answer): deliver it whole — or fail over if it was cut.
     if not eof:
         try:
@@ -314,20 +342,24 @@ async def _first_content(resp: aiohttp.ClientResponse, status: int, headers: dic
         except (TimeoutError, aiohttp.ClientError):
             rest = b""
         if rest:
+            if wire is not None:
+                wire.received(rest)
             buf += translator.feed(rest)
     resp.release()
     tail = translator.finish()
     if not translator.done:
         return Failure(Reason.CUT, error=GatewayError(502, "api_error", "stream ended early"))
     buf += tail
-    return _events(status, buf, ttfb)
+    return _events(status, buf, ttfb, translator)
 
 
-def _events(status: int, buf: bytearray, ttfb: float) -> Answer:
-    return Answer(status=status, headers={"content-type": _EVENT_STREAM}, body=bytes(buf), ttfb=ttfb, events=True)
+def _events(status: int, buf: bytearray, ttfb: float, translator: StreamTranslator) -> Answer:
+    return Answer(status=status, headers={"content-type": _EVENT_STREAM}, body=bytes(buf), ttfb=ttfb, events=True,
+                  usage=translator.usage, model=translator.model)
 
 
-def _drain_arrived(resp: aiohttp.ClientResponse, translator: StreamTranslator, buf: bytearray) -> bool:
+def _drain_arrived(resp: aiohttp.ClientResponse, translator: StreamTranslator, buf: bytearray,
+                   wire: WireCapture | None) -> bool:
     """Translate what the provider already sent, without waiting for more; True when that completed the stream
     cleanly (terminal event seen, no error event)."""
     while not translator.done:
@@ -337,5 +369,7 @@ def _drain_arrived(resp: aiohttp.ClientResponse, translator: StreamTranslator, b
             return False
         if not data:
             return False
+        if wire is not None:
+            wire.received(data)
         buf += translator.feed(data)
     return translator.upstream_error is None

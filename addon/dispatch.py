@@ -23,15 +23,21 @@ from addon import attempt, routing
 from addon.attempt import Answer, AttemptRequest, Failure, Inbound, Opened, Reason
 from addon.health import HealthPolicy
 from addon.live import LiveConfig
+from addon.record import AttemptRecord, RequestRecord, TokenUsage
 from addon.relay import Parked, Relay
 from addon.stream import Lease, RelayedStream
 from addon.targets import endpoint_target
 from addon.upstream import UpstreamClient
+from addon.wire import WireCapture
 from providers import GatewayError
 from store.health_file import target_key
+from store.usage import cost as usage_cost
 from store.models import ApiKey, Failover, Target, Upstream
 
 log = logging.getLogger("aigw.dispatch")
+
+# Called once per finished request with its record (addon/record.py); must be cheap and must not raise.
+Observer = Callable[[RequestRecord], None]
 
 # Endpoint services (one fixed target) have no upstream settings: they get the defaults.
 DEFAULT_FAILOVER = Failover()
@@ -50,12 +56,14 @@ class Reply:
     target_id: str | None = None
     fail_open: bool = False
     stream: RelayedStream | None = None  # a committed stream, until it is parked
+    record: RequestRecord | None = None  # finished by handle() — or, for a relayed stream, when it ends
 
 
 @dataclass(slots=True)
 class Settings:
     base_domain: str = ""
     max_body: int = 10 * 1024 * 1024
+    attempt_flows: bool = False  # capture every attempt's wire traffic (addon/wire.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,7 @@ class RequestContext:
     sticky_key: str | None
     failover: Failover
     deadline: float               # monotonic end of total_timeout
+    record: RequestRecord         # what the request came to, filled as it goes
 
 
 @dataclass(slots=True)
@@ -123,28 +132,53 @@ def error_response(ingress: str | None, err: GatewayError) -> Reply:
     return Reply(status=r.status, headers=dict(r.headers), body=r.body)
 
 
+def _ignore(record: RequestRecord) -> None:
+    pass
+
+
 class Dispatcher:
-    def __init__(self, live: LiveConfig, client: UpstreamClient, relay: Relay, settings: Settings) -> None:
+    def __init__(self, live: LiveConfig, client: UpstreamClient, relay: Relay, settings: Settings,
+                 observe: Observer = _ignore) -> None:
         self.live = live
         self.client = client
         self.relay = relay
         self.settings = settings
+        self.observe = observe
 
     async def handle(self, *, method: str, path: str, host: str, headers: Mapping[str, str],
-                     body: bytes | None) -> Reply:
-        """Serve one request; every failure comes back as a Reply in the caller's format."""
+                     body: bytes | None, request_id: str = "") -> Reply:
+        """Serve one request; every failure comes back as a Reply in the caller's format. Its record goes to
+        the observer when the answer is complete — for a relayed stream, when the stream ends."""
         ingress = providers.ingress_for_path(path)
+        record = RequestRecord(request_id=request_id, method=method, path=path.split("?", 1)[0], ingress=ingress)
         try:
-            return await self._serve(self._context(ingress, method, path, host, headers, body))
+            reply = await self._serve(self._context(ingress, method, path, host, headers, body, record))
         except GatewayError as err:
-            return error_response(ingress, err)
+            reply = error_response(ingress, err)
+            record.error_class = err.kind
         except Exception:
             # A bug must not leak mitmproxy's HTML error page (nor a traceback) to the caller.
-            log.exception("aigw: unexpected error while handling %s %s", method, path.split("?", 1)[0])
-            return error_response(ingress, GatewayError(500, "api_error", "Internal gateway error."))
+            log.exception("aigw: unexpected error while handling %s %s", method, record.path)
+            reply = error_response(ingress, GatewayError(500, "api_error", "Internal gateway error."))
+            record.error_class = "api_error"
+        record.status = reply.status
+        reply.record = record
+        if reply.stream is None:
+            self.finished(record)
+        return reply
+
+    def finished(self, record: RequestRecord) -> None:
+        """Close a record and hand it to the observer, which must never break the request path."""
+        record.duration_s = time.perf_counter() - record.started_mono
+        if record.pricing is not None and record.usage.reported:
+            record.cost = usage_cost(record.usage, record.pricing)
+        try:
+            self.observe(record)
+        except Exception:
+            log.exception("aigw: a request observer failed")
 
     def _context(self, ingress: str | None, method: str, path: str, host: str, headers: Mapping[str, str],
-                 body: bytes | None) -> RequestContext:
+                 body: bytes | None, record: RequestRecord) -> RequestContext:
         if body is None:
             raise GatewayError(400, "invalid_request", "The request body could not be decoded (Content-Encoding).")
         if len(body) > self.settings.max_body:
@@ -153,6 +187,11 @@ class Dispatcher:
         route = routing.resolve(self.live.snapshot, host=host, headers=headers, path=path, method=method,
                                 base_domain=self.settings.base_domain)
         upstream = route.upstream
+        record.gateway_id, record.gateway = route.gateway.id, route.gateway.name
+        record.rule_id, record.service_id = route.rule.id, route.service.id
+        record.key_id, record.key_prefix = route.key.id, route.key.key_prefix
+        if upstream is not None:
+            record.upstream_id, record.upstream = upstream.id, upstream.name
         if upstream is None:
             targets, fail_open = [endpoint_target(route.service)], False
             policy, sticky, scope = None, None, route.service.id
@@ -164,12 +203,14 @@ class Dispatcher:
             policy, scope = self.live.policy(upstream), upstream.id
         translate = ingress is not None and any(t.provider for t in targets)
         canon = providers.parse_request(ingress, body, headers=headers) if translate else None
+        if canon is not None:
+            record.requested_model, record.stream = canon.model, canon.stream
         failover = upstream.failover if upstream is not None else DEFAULT_FAILOVER
         inbound = Inbound(method=method, path=path, headers=headers, body=body, rule=route.rule, canon=canon,
                           gateway_key=routing.client_key(headers))
         return RequestContext(ingress=ingress, route=route, inbound=inbound, scope=scope, targets=targets,
                               fail_open=fail_open, policy=policy, sticky_key=sticky, failover=failover,
-                              deadline=time.monotonic() + (failover.total_timeout or float("inf")))
+                              deadline=time.monotonic() + (failover.total_timeout or float("inf")), record=record)
 
     async def _serve(self, ctx: RequestContext) -> Reply:
         """The failover loop: candidates in plan order, within max_attempts, the rule's retry_attempts and
@@ -193,18 +234,22 @@ class Dispatcher:
             if lease is None:
                 continue
             with lease:
-                reply = await self._try(ctx, AttemptRequest(target, key, ctx.inbound, ctx.failover, remaining),
+                wire = WireCapture() if self.settings.attempt_flows else None
+                reply = await self._try(ctx, AttemptRequest(target, key, ctx.inbound, ctx.failover, remaining, wire),
                                         lease, tally)
             if reply is not None:
-                return self._finish(reply, tally, target, ctx.fail_open)
+                return self._finish(reply, tally, target, ctx)
         if tally.unsupported is not None and not tally.reasons:
             raise tally.unsupported
-        reply = error_response(ctx.ingress, exhausted(tally.reasons, tally.retry_afters, tally.attempts))
-        return self._annotate(reply, tally.attempts, ctx.fail_open)
+        err = exhausted(tally.reasons, tally.retry_afters, tally.attempts)
+        ctx.record.error_class, ctx.record.fail_open = err.kind, ctx.fail_open
+        ctx.record.upstream_s = tally.upstream_seconds
+        return self._annotate(error_response(ctx.ingress, err), tally.attempts, ctx.fail_open)
 
     async def _try(self, ctx: RequestContext, req: AttemptRequest, lease: Lease, tally: Tally) -> Reply | None:
         """One candidate: the caller's reply, or None to move on to the next."""
         label = req.target.provider or "passthrough"
+        attempts = ctx.record.attempts
         t_attempt = time.perf_counter()
         try:
             outcome = await attempt.run(req, self.client)
@@ -214,26 +259,33 @@ class Dispatcher:
             # This target cannot do what was asked (e.g. n > 1 on Anthropic); another one may.
             tally.attempts.append(f"{label}:unsupported")
             tally.unsupported = tally.unsupported or err
+            attempts.append(AttemptRecord(req.target.id, label, "unsupported", None, 0.0, req.wire))
             return None
-        tally.upstream_seconds += time.perf_counter() - t_attempt
+        spent = time.perf_counter() - t_attempt
+        tally.upstream_seconds += spent
         if isinstance(outcome, Failure):
             tally.attempts.append(f"{label}:{outcome.code}")
+            moves_on = outcome.reason.trigger in ctx.failover.retry_on
+            attempts.append(AttemptRecord(req.target.id, label, outcome.reason.value if moves_on else "error",
+                                          outcome.status or None, spent, req.wire))
             tally.reasons.append(outcome.reason)
             ra = retry_after_seconds(outcome.retry_after)
             if ra is not None:
                 tally.retry_afters.append(ra)
             lease.failure(outcome.describe(), retry_after_s=ra if outcome.reason == Reason.RATE_LIMITED else None,
                           health=outcome.reason.counts_for_health)
-            if outcome.reason.trigger in ctx.failover.retry_on:
+            if moves_on:
                 return None
             # Not a failover trigger for this upstream: the caller gets the provider's answer.
             return self._failed(ctx, req.target, outcome)
         tally.attempts.append(f"{label}:{outcome.status}")
+        attempts.append(AttemptRecord(req.target.id, label, "ok", outcome.status, spent, req.wire))
         if ctx.sticky_key is not None and len(tally.attempts) > 1:
             # The pinned target was passed over: pin the session to the one that served.
             self.live.balancer(ctx.route.upstream).served(ctx.sticky_key, req.target)
         if isinstance(outcome, Opened):
-            stream = RelayedStream(outcome, lease.transfer(), ctx.deadline)
+            ctx.record.stream = True
+            stream = RelayedStream(outcome, lease.transfer(), ctx.deadline, ctx.record, self.finished)
             return Reply(status=stream.status, headers=stream.headers, stream=stream)
         lease.success(outcome.ttfb)
         return self._answer(ctx, req.target, outcome)
@@ -242,13 +294,21 @@ class Dispatcher:
     @staticmethod
     def _answer(ctx: RequestContext, target: Target, outcome: Answer | Failure) -> Reply:
         """A complete answer (or a provider's error answer) in the caller's format."""
+        record = ctx.record
         if isinstance(outcome, Answer) and outcome.events:
+            record.usage, record.served_model = TokenUsage.of(outcome.usage), outcome.model
+            # The whole stream had arrived at its commit point: its first token leaves with the rest, now.
+            record.ttft_s = time.perf_counter() - record.started_mono
             return Reply(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
                          body=outcome.body)
         canon = ctx.inbound.canon
         if target.provider and canon is not None:
             r = providers.translate_response(canon, target.provider, outcome.status, outcome.headers, outcome.body)
+            record.usage = TokenUsage.of(r.usage)
+            record.served_model = r.model or routing.map_model(canon.model, target)
             return Reply(status=r.status, headers=dict(r.headers), body=r.body)
+        if target.provider and outcome.status < 300:  # an untranslated provider path (embeddings, models, ...)
+            record.usage = TokenUsage.of(providers.usage_from_body(target.provider, outcome.body))
         return Reply(status=outcome.status, headers=dict(outcome.headers), body=outcome.body)
 
     def _failed(self, ctx: RequestContext, target: Target, outcome: Failure) -> Reply:
@@ -257,9 +317,14 @@ class Dispatcher:
         return error_response(ctx.ingress, outcome.error or GatewayError(502, "api_error",
                                                                          f"Upstream failed: {outcome.reason}"))
 
-    def _finish(self, reply: Reply, tally: Tally, target: Target, fail_open: bool) -> Reply:
+    def _finish(self, reply: Reply, tally: Tally, target: Target, ctx: RequestContext) -> Reply:
+        fail_open = ctx.fail_open
         reply.provider = target.provider or "passthrough"
         reply.target_id = target.id
+        record = ctx.record
+        record.provider, record.target_id, record.fail_open = reply.provider, target.id, fail_open
+        record.upstream_s = tally.upstream_seconds
+        record.pricing = target.pricing
         overhead_ms = max(0.0, (time.perf_counter() - tally.started - tally.upstream_seconds) * 1000.0)
         reply.headers["X-Selected-Provider"] = reply.provider
         if reply.target_id:

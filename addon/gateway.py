@@ -24,10 +24,17 @@ import providers
 from addon.dispatch import Dispatcher, Settings
 from addon.bodies import decode_body
 from addon.ingress import Ingress, Limits, mask_query
+from addon import wire
+from addon.accesslog import AccessLog
+from addon.metrics import Metrics, SnapshotModels
+from addon.metrics_server import MetricsServer, parse_listen
 from addon.live import LiveConfig
+from addon.record import RequestRecord
+from addon.masking import KEY_HEADERS, mask_header_value, mask_once
 from addon.probes import Prober
 from addon.relay import Relay
 from addon.upstream import UpstreamClient
+from store.usage import UsageBook, usage_path_for
 
 log = logging.getLogger("aigw")
 
@@ -36,28 +43,20 @@ def _spawn(coro, *, name: str) -> asyncio.Task:
     return create_task(coro, name=name, keep_ref=True)
 
 
-def _mask(secret: str) -> str:
-    return f"{secret[:5]}…{secret[-4:]}" if len(secret) > 12 else "…"
+def _attempt_flows(opts) -> bool:
+    mode = opts.aigw_attempt_flows.strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise exceptions.OptionsError("aigw_attempt_flows must be on, off or auto")
+    if mode == "auto":
+        return bool(opts.save_stream_file) or _under_mitmweb()
+    return mode == "on"
 
 
-def _mask_once(secret: str) -> str:
-    return secret if "…" in secret else _mask(secret)  # a mask masked again would lose its prefix
-
-
-# Request headers that carry a key — the gateway's (X-TG-API-Key, X-Api-Key, a bearer token) or, untranslated,
-# the caller's own provider credential (Authorization): masked in what the flow keeps.
-_KEY_HEADERS = ("x-tg-api-key", "x-api-key", "authorization")
-
-
-def _mask_header(name: str, value: str) -> str:
-    value = value.strip()
-    if "…" in value or not value:
-        return value
-    if name == "authorization":
-        scheme, sep, credential = value.partition(" ")
-        if sep and credential.strip():
-            return f"{scheme} {_mask(credential.strip())}"
-    return _mask(value)
+def _under_mitmweb() -> bool:
+    try:
+        return ctx.master.addons.get("webaddon") is not None
+    except AttributeError:
+        return False
 
 
 _LIMIT_OPTIONS = frozenset({"aigw_max_headers", "aigw_max_header_bytes", "aigw_max_body", "aigw_client_timeout"})
@@ -94,6 +93,29 @@ class GatewayAddon:
         self._concealed: dict[str, dict] = {}
         self.ingress = Ingress()
         self._watchdog: asyncio.Task | None = None
+        # Client flows whose attempt flows are still to come (aigw_attempt_flows), by flow id.
+        self._parents: dict[str, http.HTTPFlow] = {}
+        self.metrics = Metrics(models=SnapshotModels(lambda: self.live.snapshot if self.live else None))
+        self.metrics.watch_health(lambda: self.live)
+        self._metrics_server: MetricsServer | None = None
+        self.access_log: AccessLog | None = None
+        self.usage: UsageBook | None = None  # tokens and cost by day, key, target and model (store/usage.py)
+        self._metrics_listen: tuple[str, int] | None = None
+
+    def _observe(self, record: RequestRecord) -> None:
+        """A finished request (addon/record.py): metrics, the access log, attempt flows (when on)."""
+        self.metrics.request_finished()
+        self.metrics.observe(record)
+        parent = self._parents.pop(record.request_id, None)
+        captures = [a.wire for a in record.attempts if a.wire is not None]
+        if captures:
+            for a in record.attempts:
+                a.wire = None  # the access log's queue must not hold the captured bodies
+            _spawn(wire.publish(parent, record.request_id, captures), name="aigw-attempt-flows")
+        if self.usage is not None:
+            self.usage.add(record)
+        if self.access_log is not None:
+            self.access_log.write(record)
 
     # -- lifecycle (sync hooks; docs/architecture.md) --------------------------------------------------------------
     def load(self, loader) -> None:
@@ -108,6 +130,16 @@ class GatewayAddon:
         loader.add_option("aigw_max_header_bytes", int, 64 * 1024,
                           "aigw: largest total size of the request header fields, in bytes (larger: 431).")
         # A string holding a number: mitmproxy's --set parses no float options.
+        loader.add_option("aigw_attempt_flows", str, "auto",
+                          "aigw: show every upstream attempt as its own flow, as sent and as answered, credentials "
+                          "masked: on, off, or auto (on under mitmweb or with a flow file, -w).")
+        loader.add_option("aigw_metrics_listen", str, os.environ.get("AIGW_METRICS_LISTEN", "127.0.0.1:9464"),
+                          "aigw: host:port of the Prometheus metrics listener (/metrics, /livez, /readyz), never the "
+                          "proxy port; port 0 picks a free one; empty: no listener.")
+        loader.add_option("aigw_access_log", str, os.environ.get("AIGW_ACCESS_LOG", ""),
+                          "aigw: one JSON line per request: '-' for stdout, a file path, or empty for none.")
+        loader.add_option("aigw_log_bodies", bool, False,
+                          "aigw: debug only — also put request and answer bodies (prompts!) in the access log.")
         loader.add_option("aigw_client_timeout", str, "60",
                           "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
                           "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
@@ -131,12 +163,37 @@ class GatewayAddon:
             if self.live is None or path != self.live.data_path:
                 if self.live is not None:
                     self.live.stop()
+                if self.usage is not None:
+                    self.usage.stop()
                 self.live = LiveConfig(path)
+                self.usage = UsageBook(usage_path_for(path))
                 if self._started:
                     self.live.start(_spawn)
-        if updated & {"aigw_data", "aigw_base_domain", "aigw_max_body"}:
-            settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body)
-            self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings)
+                    self.usage.start()
+        if updated & {"aigw_data", "aigw_base_domain", "aigw_max_body", "aigw_attempt_flows", "save_stream_file"}:
+            settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body,
+                                attempt_flows=_attempt_flows(opts))
+            self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings, self._observe)
+        if "aigw_metrics_listen" in updated:
+            try:
+                listen = parse_listen(opts.aigw_metrics_listen)
+            except ValueError as err:
+                raise exceptions.OptionsError(f"aigw_metrics_listen: {err}") from None
+            if listen is not None and listen[1] and listen[1] == opts.listen_port:
+                raise exceptions.OptionsError("aigw_metrics_listen must not be the proxy port: callers would read it")
+            self._metrics_listen = listen
+            if self._started:
+                self._start_metrics()
+        if updated & {"aigw_access_log", "aigw_log_bodies"}:
+            if self.access_log is not None:
+                self.access_log.close()
+                self.access_log = None
+            if opts.aigw_access_log.strip():
+                try:
+                    self.access_log = AccessLog(opts.aigw_access_log.strip(), include_bodies=opts.aigw_log_bodies)
+                except OSError as err:
+                    raise exceptions.OptionsError(f"aigw_access_log: {err}") from None
+                self.metrics.watch_access_log(self.access_log)
         if "keep_host_header" in updated and not opts.keep_host_header:
             # In reverse mode mitmproxy rewrites Host to the placeholder target before any hook runs; the gateway
             # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
@@ -146,9 +203,32 @@ class GatewayAddon:
         if not self._started and self.live is not None:
             self._started = True
             self.live.start(_spawn)
+            if self.usage is not None:
+                self.usage.start()
             prober = Prober(lambda: self.live, self.client)
             self._prober = _spawn(prober.run(), name="aigw-active-probes")
             self._watchdog = _spawn(self.ingress.run_watchdog(), name="aigw-client-watchdog")
+            self._start_metrics()
+
+    def _ready(self) -> bool:
+        """For /readyz: the proxy runs, with its configuration loaded (an empty store is a configuration)."""
+        return self._started and self.live is not None
+
+    def _start_metrics(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+        if self._metrics_listen is None:
+            return
+        host, port = self._metrics_listen
+        server = MetricsServer(host, port, self.metrics, self._ready)
+        try:
+            bound = server.start()
+        except OSError as err:  # the proxy keeps serving without metrics; say so once
+            log.warning("aigw: metrics listener not started on %s:%s: %s", host, port, err)
+            return
+        self._metrics_server = server
+        log.info("aigw: metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
 
     def done(self) -> None:
         if self.live is not None:
@@ -161,6 +241,14 @@ class GatewayAddon:
             self._watchdog.cancel()
             self._watchdog = None
         self.ingress.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.stop()
+            self._metrics_server = None
+        if self.access_log is not None:
+            self.access_log.close()
+            self.access_log = None
+        if self.usage is not None:
+            self.usage.stop()  # the last counts, fsynced: a clean stop loses nothing
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -173,6 +261,8 @@ class GatewayAddon:
         self.ingress.client_connected(client)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
+            return
         # Header limits and a declared body over aigw_max_body: refused before the body is read.
         self.ingress.requestheaders(flow)
         # Masked now: a flow mitmproxy ends before the request hook (malformed framing, a client gone) is saved
@@ -182,6 +272,8 @@ class GatewayAddon:
             self._concealed[flow.id] = original
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
+            return
         self.ingress.request(flow)
         if flow.response is not None or flow.error is not None or self.dispatcher is None:
             return
@@ -199,8 +291,11 @@ class GatewayAddon:
             return
         # The flow stays masked (requestheaders): the dispatcher gets the caller's real key headers and path.
         path, headers = self._caller_view(req, self._concealed.pop(flow.id, None))
+        if self.dispatcher.settings.attempt_flows:
+            self._parents[flow.id] = flow
+        self.metrics.request_started()
         reply = await self.dispatcher.handle(method=req.method, path=path, host=req.host_header or req.host,
-                                             headers=headers, body=body)
+                                             headers=headers, body=body, request_id=flow.id)
         flow.metadata["aigw"] = {"provider": reply.provider, "target": reply.target_id,
                                  "attempts": reply.attempts, "fail_open": reply.fail_open}
         flow.comment = f"aigw: {reply.provider or '-'} target={reply.target_id or '-'} " \
@@ -222,6 +317,8 @@ class GatewayAddon:
         hop.content = b""
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
+            return
         if flow.response is None:
             return
         caller = self._callers.pop(flow.id, None)
@@ -230,12 +327,16 @@ class GatewayAddon:
             flow.request = caller
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
+            return
         self._streams.pop(flow.id, None)
         self._concealed.pop(flow.id, None)
         self._callers.pop(flow.id, None)
         self.ingress.response(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
+            return
         stream = self._streams.pop(flow.id, None)
         if stream is not None:
             stream[1]()
@@ -256,22 +357,22 @@ class GatewayAddon:
     @staticmethod
     def _redact(flow: http.HTTPFlow) -> dict | None:
         """Keep no usable key in what the flow stores (mitmweb shows it, `-w` saves it): the key headers
-        (_KEY_HEADERS) and key-like query parameters (`?key=`, ingress.SECRET_QUERY_PARAMS — the gateway reads
+        (KEY_HEADERS) and key-like query parameters (`?key=`, ingress.SECRET_QUERY_PARAMS — the gateway reads
         its key only from headers, but a caller may put one, or a provider key, in the URL).
 
         Returns what it replaced ({"path": …, header name: [values]}), None when nothing was."""
         req = flow.request
         original: dict = {}
         if "?" in req.path:
-            masked = mask_query(req.path, _mask_once)
+            masked = mask_query(req.path, mask_once)
             if masked != req.path:
                 original["path"] = req.path
                 req.path = masked
         headers = req.headers
-        for name in _KEY_HEADERS:
+        for name in KEY_HEADERS:
             values = headers.get_all(name)
             if values:
-                masked_values = [_mask_header(name, v) for v in values]
+                masked_values = [mask_header_value(name, v) for v in values]
                 if masked_values != values:
                     original[name] = values
                     headers.set_all(name, masked_values)

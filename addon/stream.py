@@ -23,6 +23,7 @@ import aiohttp
 
 from addon.attempt import Opened
 from addon.health import HealthBoard, HealthPolicy
+from addon.record import RequestRecord, TokenUsage
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -81,9 +82,11 @@ class Lease:
 
 
 class RelayedStream:
-    """One committed stream: its pump for the relay, and the lease it ends exactly once."""
+    """One committed stream: its pump for the relay, the lease it ends exactly once, and the request's record,
+    which it closes (`on_end`) exactly once, with the stream's usage and time to first token."""
 
-    def __init__(self, opened: Opened, lease: Lease, deadline: float) -> None:
+    def __init__(self, opened: Opened, lease: Lease, deadline: float, record: RequestRecord | None = None,
+                 on_end: Callable[[RequestRecord], None] | None = None) -> None:
         self.status = opened.status
         # A translated stream is the caller's event format; an untranslated one keeps the provider's headers.
         self.headers = dict(_SSE_HEADERS if opened.translator is not None else opened.headers)
@@ -91,6 +94,7 @@ class RelayedStream:
         self._lease = lease
         self._deadline = deadline
         self._caller_gone = False
+        self._record, self._on_end = record, on_end
 
     def _settle(self, ok: bool, why: str = "") -> None:
         """The stream's verdict and the end of its lease (which ignores whatever comes after its end)."""
@@ -99,6 +103,24 @@ class RelayedStream:
         elif why:
             self._lease.failure(why)
         self._lease.end()
+        if self._opened.wire is not None:
+            if not ok and why:
+                self._opened.wire.failed(why)
+            self._opened.wire.close()
+        record, self._record = self._record, None
+        if record is not None:
+            translator = self._opened.translator
+            if translator is not None:
+                record.usage, record.served_model = TokenUsage.of(translator.usage), translator.model
+            if not ok and why:
+                record.stream_error = why
+            if self._on_end is not None:
+                self._on_end(record)
+
+    async def _first_write(self, write: Write, data: bytes) -> None:
+        if self._record is not None and self._record.ttft_s is None:
+            self._record.ttft_s = time.perf_counter() - self._record.started_mono
+        await write(data)
 
     async def pump(self, write: Write) -> None:
         """Relay the stream to the caller (the relay's `Parked.pump`)."""
@@ -126,8 +148,9 @@ class RelayedStream:
         """Pump until the stream ends; (clean end, why not)."""
         opened, deadline = self._opened, self._deadline
         translator, content, idle = opened.translator, opened.response.content, opened.idle_timeout
+        wire = opened.wire
         if opened.buffered:
-            await write(opened.buffered)
+            await self._first_write(write, opened.buffered)
         progress = time.monotonic()  # when the caller last got something
         while True:
             now = time.monotonic()
@@ -140,6 +163,8 @@ class RelayedStream:
             try:
                 async with asyncio.timeout(min(deadline, progress + idle) - now):
                     chunk = await content.readany()
+                if wire is not None:
+                    wire.received(chunk)
             except TimeoutError:
                 continue  # the checks above say which bound was reached
             except aiohttp.ClientError:
@@ -150,7 +175,8 @@ class RelayedStream:
             if translator is None:
                 if not chunk:
                     return True, ""
-                await write(chunk)
+                await (write(chunk) if self._record is None or self._record.ttft_s is not None
+                       else self._first_write(write, chunk))
                 progress = time.monotonic()
                 continue
             if not chunk:

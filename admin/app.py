@@ -10,11 +10,12 @@ from flask import Flask, request
 
 from store import Store
 
-from . import gateways, keys, openapi, rules, services, upstreams
+from . import gateways, keys, openapi, rules, services, upstreams, usage
 from .crud import API_PREFIX
 from .errors import ApiError, register_error_handlers
 from .inputs import STORE_EXTENSION
 from .upstreams import HEALTH_PATH_CONFIG
+from .usage import USAGE_PATH_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,22 @@ MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(
-    store: Store, *, admin_token: str | None = None, health_path: str | os.PathLike[str] | None = None
+    store: Store,
+    *,
+    admin_token: str | None = None,
+    health_path: str | os.PathLike[str] | None = None,
+    usage_path: str | os.PathLike[str] | None = None,
 ) -> Flask:
     """Build the admin Flask app over ``store``.
 
     ``admin_token``: when set, every ``/api/v1`` call needs ``Authorization: Bearer <token>``.
     ``health_path``: the proxy's published health file (``store.health_file``), read by the health endpoint.
+    ``usage_path``: the proxy's usage file (``store.usage.usage_path_for``), read by the usage endpoints.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config[HEALTH_PATH_CONFIG] = os.fspath(health_path) if health_path is not None else None
+    app.config[USAGE_PATH_CONFIG] = os.fspath(usage_path) if usage_path is not None else None
     # "/gateways/" is "/gateways", and "//" is not merged: werkzeug would answer either with a 308 redirect (an
     # HTML page, bypassing the JSON error handlers, and dropping a POST body in some clients).
     app.url_map.strict_slashes = False
@@ -42,7 +49,7 @@ def create_app(
     register_error_handlers(app)
     if admin_token:
         _require_token(app, admin_token)
-    for module in (gateways, upstreams, services, rules, keys, openapi):
+    for module in (gateways, upstreams, services, rules, keys, usage, openapi):
         app.register_blueprint(module.bp)
     return app
 

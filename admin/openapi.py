@@ -11,8 +11,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyView, Gateway, Rule, Service, Upstream
+from store.usage_report import GROUP_BY, UsageReport
 
-from . import gateways, keys, rules, services, upstreams
+from . import gateways, keys, rules, services, upstreams, usage
 from .crud import API_PREFIX, Resource
 from .inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from .schemas import ErrorBody, UpstreamHealth
@@ -28,6 +29,7 @@ RESOURCES: tuple[Resource, ...] = (
 )
 _SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyView, ErrorBody, UpstreamHealth,
+    UsageReport,
 )
 _REF = "#/components/schemas/{model}"
 
@@ -140,6 +142,35 @@ def _resource_paths(resource: Resource) -> dict[str, Any]:
     return {_openapi_path(resource.collection_rule): collection, _openapi_path(resource.item_rule): item}
 
 
+def _usage_paths() -> dict[str, Any]:
+    """The usage endpoints (admin/usage.py): a gateway's, grouped, and a key's, per day."""
+    day = {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+    days = [
+        {"name": "from", "in": "query", "schema": day,
+         "description": f"First UTC day, inclusive; default: {usage.DEFAULT_RANGE_DAYS - 1} days before to"},
+        {"name": "to", "in": "query", "schema": day,
+         "description": f"Last UTC day, inclusive; default: today. At most {usage.MAX_RANGE_DAYS} days in all"},
+    ]
+    ids = {"type": "string", "minLength": 1, "pattern": "^[^/]+$"}
+    report = _json(_ref(UsageReport), "Totals and one row per group")
+    return {
+        _openapi_path(usage.GATEWAY_USAGE_RULE): {
+            "parameters": [{"name": "gateway_id", "in": "path", "required": True, "schema": ids}],
+            "get": {"summary": "A gateway's token usage and estimated cost, grouped",
+                    "operationId": "get_gateway_usage",
+                    "parameters": [*days, {"name": "group_by", "in": "query",
+                                           "schema": {"enum": list(GROUP_BY), "default": usage.DEFAULT_GROUP_BY}}],
+                    "responses": {"200": report, **_errors(400, 404)}},
+        },
+        _openapi_path(usage.KEY_USAGE_RULE): {
+            "parameters": [{"name": name, "in": "path", "required": True, "schema": ids}
+                           for name in ("gateway_id", "key_id")],
+            "get": {"summary": "A key's token usage and estimated cost, per day", "operationId": "get_key_usage",
+                    "parameters": days, "responses": {"200": report, **_errors(400, 404)}},
+        },
+    }
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """Built once per process: it depends only on code."""
@@ -152,6 +183,7 @@ def openapi_document() -> dict[str, Any]:
         "get": {"summary": "Each target's health as the proxy sees it", "operationId": "get_upstream_health",
                 "responses": {"200": _json(_ref(UpstreamHealth), "Per-target state"), **_errors(404)}},
     }
+    paths.update(_usage_paths())
     paths[API_PREFIX + "/openapi.json"] = {
         "get": {"summary": "This document", "operationId": "get_openapi",
                 "responses": {"200": {"description": "OpenAPI 3.1 document",

@@ -86,10 +86,15 @@ class AdminServer:
 
 
 def _make_server(
-    store: Store, host: str, port: int, admin_token: str | None, health_path: str | os.PathLike[str] | None
+    store: Store,
+    host: str,
+    port: int,
+    admin_token: str | None,
+    health_path: str | os.PathLike[str] | None,
+    usage_path: str | os.PathLike[str] | None = None,
 ) -> BaseWSGIServer:
     check_bind(host, admin_token)
-    app = create_app(store, admin_token=admin_token, health_path=health_path)
+    app = create_app(store, admin_token=admin_token, health_path=health_path, usage_path=usage_path)
     return make_server(host, port, app, threaded=True)
 
 
@@ -100,9 +105,10 @@ def serve(
     *,
     admin_token: str | None = None,
     health_path: str | os.PathLike[str] | None = None,
+    usage_path: str | os.PathLike[str] | None = None,
 ) -> AdminServer:
     """Start the admin API in a daemon thread (threaded werkzeug server) and return its handle."""
-    server = _make_server(store, host, port, admin_token, health_path)
+    server = _make_server(store, host, port, admin_token, health_path, usage_path)
     thread = threading.Thread(target=server.serve_forever, name="aigw-admin", daemon=True)
     thread.start()
     handle = AdminServer(server=server, thread=thread, host=host, port=server.server_port)
@@ -117,9 +123,10 @@ def run_forever(
     *,
     admin_token: str | None = None,
     health_path: str | os.PathLike[str] | None = None,
+    usage_path: str | os.PathLike[str] | None = None,
 ) -> None:
     """Serve in the calling thread until interrupted (the standalone ``aigw admin`` command)."""
-    server = _make_server(store, host, port, admin_token, health_path)
+    server = _make_server(store, host, port, admin_token, health_path, usage_path)
     log.info("admin API listening on http://%s:%d/api/v1", host, server.server_port)
     try:
         server.serve_forever()

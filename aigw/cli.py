@@ -87,6 +87,7 @@ async def run_proxy(*, data: str, proxy_host: str, proxy_port: int, base_domain:
 def cmd_up(args: argparse.Namespace) -> int:
     from admin.server import check_bind, serve
     from store.repo import Store
+    from store.usage import usage_path_for
 
     _check_ports(("--admin-port", args.admin_port), ("--proxy-port", args.proxy_port))
     data = os.path.abspath(args.data)
@@ -100,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"aigw: {exc}", file=sys.stderr)
             return 2
         handle = serve(store, args.admin_host, args.admin_port, admin_token=args.admin_token or None,
-                       health_path=health_path_for(data))
+                       health_path=health_path_for(data), usage_path=usage_path_for(data))
         print(f"aigw: admin API on http://{args.admin_host}:{handle.port}/api/v1", flush=True)
     print(f"aigw: proxy on http://{args.proxy_host}:{args.proxy_port} (data: {data})", flush=True)
     try:
@@ -115,6 +116,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     from admin.server import check_bind, run_forever
     from store.repo import Store
+    from store.usage import usage_path_for
 
     _check_ports(("--admin-port", args.admin_port))
     data = os.path.abspath(args.data)
@@ -126,7 +128,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
         return 2
     print(f"aigw: admin API on http://{args.admin_host}:{args.admin_port}/api/v1 (data: {data})", flush=True)
     run_forever(Store(data), args.admin_host, args.admin_port, admin_token=args.admin_token or None,
-                health_path=health_path_for(data))
+                health_path=health_path_for(data), usage_path=usage_path_for(data))
     return 0
 
 

@@ -12,12 +12,14 @@ Public API used by addon/:
     build_upstream_request(req, target) -> UpstreamRequest
     default_origin(provider) -> (scheme, host, port)
     auth_headers(provider, api_key | credentials) -> {header: value}
-    Reply(status, headers, body)
+    Reply(status, headers, body, usage=None, model=None)   usage: Usage | None, model: str | None (reported)
     translate_response(req, provider, status, headers, body, *, now=None, new_id=None) -> Reply
+    usage_from_body(provider, body) -> Usage | None   (an untranslated JSON answer; never raises)
+    Usage(prompt_tokens, completion_tokens, cache_read, cache_write, reasoning)  (.total, .uncached_input)
     error_reply(ingress, err) -> Reply
     open_stream(req, provider, *, now=None, new_id=None) -> StreamTranslator
         .feed(bytes) -> bytes   .finish() -> bytes   .abort(message, kind="api_error") -> bytes
-        .committed  .upstream_error  .done
+        .committed  .upstream_error  .done  .usage -> Usage | None  .model -> str | None
 
 `now` (a clock returning epoch seconds) and `new_id` (prefix -> id) are injectable so that outputs
 are reproducible in tests; defaults are time.time and random hex ids.
@@ -30,17 +32,17 @@ from __future__ import annotations
 
 from .api import (
     FRAMING_HEADERS, auth_headers, build_upstream_request, default_origin, error_reply, ingress_for_path,
-    is_framing_header, open_stream, parse_request, translate_response,
+    is_framing_header, open_stream, parse_request, translate_response, usage_from_body,
 )
-from .canonical import CanonicalRequest
+from .canonical import CanonicalRequest, Usage
 from .errors import GatewayError
 from .interface import Reply, TargetSpec, UpstreamRequest
 from .registry import INGRESSES, PROVIDERS
 from .streaming import StreamTranslator
 
 __all__ = [
-    "GatewayError", "CanonicalRequest", "TargetSpec", "UpstreamRequest", "Reply", "StreamTranslator",
+    "GatewayError", "CanonicalRequest", "TargetSpec", "UpstreamRequest", "Reply", "StreamTranslator", "Usage",
     "ingress_for_path", "parse_request", "build_upstream_request", "default_origin", "auth_headers",
     "translate_response", "error_reply", "open_stream", "PROVIDERS", "INGRESSES", "FRAMING_HEADERS",
-    "is_framing_header",
+    "is_framing_header", "usage_from_body",
 ]

@@ -143,7 +143,6 @@ class AnthropicSource(Source):
         super().__init__(sink)
         self._blocks: dict[int, list] = {}   # block index → [tool ordinal, got_args]
         self._tools = 0
-        self._usage: Usage | None = None
 
     def on_event(self, ev: SSEEvent) -> None:
         if ev.data[:6] == "[DONE]":
@@ -184,12 +183,15 @@ class AnthropicSource(Source):
                 sink.tool_args(blk[0], "{}")
         elif t == "message_start":
             m = obj.get("message") or {}
-            self._usage = usage_from(m.get("usage"))
+            self.reported_usage = usage_from(m.get("usage"), self.reported_usage)
+            if self.reported_model is None:
+                self.reported_model = m.get("model") if isinstance(m.get("model"), str) and m["model"] else None
             sink.start(str(m.get("id") or ""), str(m.get("model") or ""))
         elif t == "message_delta":
             d = obj.get("delta") or {}
-            self._usage = usage_from(obj.get("usage"), self._usage)
-            sink.usage(self._usage)
+            self.reported_usage = usage_from(obj.get("usage"), self.reported_usage)
+            if self.reported_usage is not None:
+                sink.usage(self.reported_usage)
             sink.finish(FINISH_IN.get(d.get("stop_reason") or "end_turn", "stop"), d.get("stop_sequence"))
         elif t == "message_stop":
             self.done = True
@@ -225,3 +227,6 @@ class AnthropicBackend(Backend):
 
     def stream_source(self, sink: Sink, req: CanonicalRequest, new_id: IdFactory) -> Source:
         return AnthropicSource(sink)
+
+    def usage_of(self, obj: Any) -> Usage | None:
+        return usage_from(obj.get("usage")) if isinstance(obj, dict) else None

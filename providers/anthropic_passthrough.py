@@ -8,7 +8,7 @@ from typing import Any
 from .canonical import CanonicalRequest, Clock
 from .errors import GatewayError, error_shape
 from .interface import Passthrough, TargetSpec
-from .anthropic_wire import DEFAULT_MAX_TOKENS, error_event, event_error
+from .anthropic_wire import DEFAULT_MAX_TOKENS, error_event, event_error, usage_from
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -34,6 +34,8 @@ class AnthropicRelay(Source, Sink):
         t = (obj.get("type") if isinstance(obj, dict) else None) or ev.event
         if not t:
             return
+        if t == "message_start" or t == "message_delta":
+            self._report(t, obj)
         if not self.committed:
             if t == "content_block_delta":
                 d = obj.get("delta") or {}
@@ -48,6 +50,19 @@ class AnthropicRelay(Source, Sink):
         elif t == "error":
             self.upstream_error = event_error(obj)
             self.closed = True
+
+    def _report(self, t: str, obj: Any) -> None:
+        """Usage (input in message_start, output in message_delta, merged) and model, for the gateway."""
+        if not isinstance(obj, dict):
+            return
+        if t == "message_start":
+            m = obj.get("message")
+            if not isinstance(m, dict):
+                return
+            if self.reported_model is None and isinstance(m.get("model"), str) and m["model"]:
+                self.reported_model = m["model"]
+            obj = m
+        self.reported_usage = usage_from(obj.get("usage"), self.reported_usage)
 
 
 class AnthropicPassthrough(Passthrough):

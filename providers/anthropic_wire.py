@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .canonical import Usage, dumps
+from .canonical import Usage, dumps, token_counts
 from .errors import ANTHROPIC_TYPE, ANTHROPIC_TYPE_TO_KIND, DEFAULT_STATUS, GatewayError
 
 # max_tokens when neither the client nor the target gives one: Anthropic requires the field.
@@ -30,18 +30,23 @@ def safe_tool_id(tool_id: str) -> str:
     return _BAD_ID_CHARS.sub("_", tool_id)
 
 
-def usage_from(u: Any, prev: Usage | None = None) -> Usage:
-    u = u if isinstance(u, dict) else {}
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+
+
+def usage_from(u: Any, prev: Usage | None = None) -> Usage | None:
+    """A `usage` object → canonical, its counts merged over `prev` (a stream reports input tokens in
+    message_start, output tokens in message_delta). `prev` (None: nothing reported) when `u` has no count or a
+    malformed one."""
+    counts = token_counts(u, _USAGE_KEYS) if isinstance(u, dict) else None
+    if counts is None or counts == [None, None, None, None]:
+        return prev
+    inp, out, cr, cw = counts
     prev = prev or Usage()
-    cr = u.get("cache_read_input_tokens")
-    cw = u.get("cache_creation_input_tokens")
-    cache_read = int(cr) if isinstance(cr, int) else prev.cache_read
-    cache_write = int(cw) if isinstance(cw, int) else prev.cache_write
-    inp = u.get("input_tokens")
-    uncached = int(inp) if isinstance(inp, int) else prev.uncached_input
-    out = u.get("output_tokens")
+    cache_read = prev.cache_read if cr is None else cr
+    cache_write = prev.cache_write if cw is None else cw
+    uncached = prev.uncached_input if inp is None else inp
     return Usage(prompt_tokens=uncached + cache_read + cache_write,
-                 completion_tokens=int(out) if isinstance(out, int) else prev.completion_tokens,
+                 completion_tokens=prev.completion_tokens if out is None else out,
                  cache_read=cache_read, cache_write=cache_write)
 
 

@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import registry
-from .canonical import CanonicalRequest, IdFactory, default_new_id, dumps
+from .canonical import CanonicalRequest, IdFactory, Usage, default_new_id, dumps
 from .errors import GatewayError, retry_headers
 from .interface import Reply, TargetSpec, UpstreamRequest
 from .jsonsafe import loads_request
@@ -136,14 +136,29 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise GatewayError(502, "api_error", f"{provider} returned a response that is not valid JSON") from None
+    # What the provider names as the serving model: read before a translation fills in the requested one.
+    model = backend.model_of(obj)
     if same_family is not None:
-        return Reply(status, dict(_JSON), same_family.response_body(obj, body, now or time.time))
+        out_body = same_family.response_body(obj, body, now or time.time)
+        return Reply(status, dict(_JSON), out_body, backend.usage_of(obj), model)
     try:
         resp = backend.parse_response(obj, req, new_id)
     except _SHAPE_ERRORS:
         raise GatewayError(502, "api_error", f"{provider} returned a response of an unexpected shape") from None
     out = registry.client(req.ingress).render_response(resp, req, now or time.time, new_id)
-    return Reply(status, dict(_JSON), dumps(out))
+    return Reply(status, dict(_JSON), dumps(out), resp.usage, model)
+
+
+def usage_from_body(provider: str, body: bytes) -> Usage | None:
+    """The usage in a successful JSON answer of `provider`'s family that is passed through untranslated (an
+    endpoint no ingress format serves, e.g. embeddings); None for anything else. Never raises."""
+    backend = registry.BACKENDS.get(provider) if isinstance(provider, str) else None
+    if backend is None or not body:
+        return None
+    try:
+        return backend.usage_of(json.loads(body))
+    except (ValueError, RecursionError, TypeError):
+        return None
 
 
 def open_stream(req: CanonicalRequest, provider: str, *, now: Callable[[], float] | None = None,

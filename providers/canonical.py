@@ -152,6 +152,24 @@ class Usage:
         return max(0, self.prompt_tokens - self.cache_read - self.cache_write)
 
 
+def token_counts(obj: dict, keys: tuple[str, ...]) -> list[int | None] | None:
+    """The token counts under `keys` of a provider's usage object (None where absent or null); None when one of
+    them is no count (a non-negative integer; an integral float is taken): malformed usage reads as none
+    reported, never as an error. Each family's wire module reads its usage object with it."""
+    out: list[int | None] = []
+    for k in keys:
+        v = obj.get(k)
+        if v is None:
+            out.append(None)
+        elif type(v) is int and v >= 0:
+            out.append(v)
+        elif type(v) is float and v >= 0 and v.is_integer():
+            out.append(int(v))
+        else:
+            return None
+    return out
+
+
 @dataclass
 class CanonicalResponse:
     id: str

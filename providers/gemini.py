@@ -9,7 +9,7 @@ from typing import Any
 
 from .canonical import (
     CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, ToolCallPart,
-    ToolResultPart, Usage, put_settings,
+    ToolResultPart, Usage, put_settings, token_counts,
 )
 from .errors import GatewayError, invalid, parse_error_body
 from .interface import Backend, TargetSpec, add_query, fill_model
@@ -200,14 +200,25 @@ def encode(req: CanonicalRequest) -> dict:
     return body
 
 
+_USAGE_KEYS = ("promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount", "thoughtsTokenCount")
+
+
 def usage_from(u: Any) -> Usage | None:
-    if not isinstance(u, dict):
+    """`usageMetadata` → canonical; None when there is none, it has no token count, or a count is malformed."""
+    counts = token_counts(u, _USAGE_KEYS) if isinstance(u, dict) else None
+    if counts is None or counts == [None, None, None, None]:
         return None
-    thoughts = int(u.get("thoughtsTokenCount") or 0)
-    return Usage(prompt_tokens=int(u.get("promptTokenCount") or 0),
-                 completion_tokens=int(u.get("candidatesTokenCount") or 0) + thoughts,
-                 cache_read=int(u.get("cachedContentTokenCount") or 0),
-                 reasoning=thoughts if "thoughtsTokenCount" in u else None)
+    prompt, candidates, cached, thoughts = counts
+    return Usage(prompt_tokens=prompt or 0, completion_tokens=(candidates or 0) + (thoughts or 0),
+                 cache_read=cached or 0, reasoning=thoughts)
+
+
+def reported_model(obj: Any) -> str | None:
+    """The model a response (or the last of a non-SSE stream array) names: `modelVersion`."""
+    if isinstance(obj, list):
+        obj = obj[-1] if obj else None
+    m = obj.get("modelVersion") if isinstance(obj, dict) else None
+    return m if isinstance(m, str) and m else None
 
 
 def _finish(reason: str | None, has_calls: bool) -> str:
@@ -281,7 +292,6 @@ class GeminiSource(Source):
         self._model = model or ""
         self._started = False
         self._tools = 0
-        self._usage: Usage | None = None
 
     def on_event(self, ev: SSEEvent) -> None:
         try:
@@ -302,12 +312,16 @@ class GeminiSource(Source):
             self.fail(err)
             return
         sink = self.sink
+        if self.reported_model is None:
+            self.reported_model = reported_model(obj)
         if not self._started:
             self._started = True
             sink.start(str(obj.get("responseId") or self._new_id("chatcmpl")),
                        str(obj.get("modelVersion") or self._model))
-        if isinstance(obj.get("usageMetadata"), dict):
-            self._usage = usage_from(obj["usageMetadata"])  # cumulative: the last one wins
+        if "usageMetadata" in obj:
+            u = usage_from(obj["usageMetadata"])  # cumulative: the last one wins
+            if u is not None:
+                self.reported_usage = u
         visible, reason, _ = _first_candidate(obj)
         for p in visible:
             if isinstance(p.get("text"), str):
@@ -320,8 +334,8 @@ class GeminiSource(Source):
                 sink.tool_args(self._tools, json.dumps(args, ensure_ascii=False, separators=(",", ":")))
                 self._tools += 1
         if reason:
-            if self._usage is not None:
-                sink.usage(self._usage)
+            if self.reported_usage is not None:
+                sink.usage(self.reported_usage)
             sink.finish(_finish(reason, self._tools > 0))
             self.done = True
             sink.end()
@@ -351,3 +365,11 @@ class GeminiBackend(Backend):
 
     def stream_source(self, sink: Sink, req: CanonicalRequest, new_id: IdFactory) -> Source:
         return GeminiSource(sink, new_id, req.model, req.tool_names, single_call=req.parallel_tool_calls is False)
+
+    def usage_of(self, obj: Any) -> Usage | None:
+        if isinstance(obj, list):  # the non-SSE stream endpoint: the last response carries the totals
+            obj = obj[-1] if obj else None
+        return usage_from(obj.get("usageMetadata")) if isinstance(obj, dict) else None
+
+    def model_of(self, obj: Any) -> str | None:
+        return reported_model(obj)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from .canonical import CanonicalRequest, CanonicalResponse, Clock, IdFactory
+from .canonical import CanonicalRequest, CanonicalResponse, Clock, IdFactory, Usage
 from .errors import GatewayError, parse_error_body
 from .streaming import Sink, Source
 
@@ -54,6 +54,8 @@ class Reply:
     status: int
     headers: dict
     body: bytes
+    usage: Usage | None = None   # the usage the provider reported, canonical; None: none (or an error answer)
+    model: str | None = None     # the model the provider says served the answer; None: it named none
 
 
 class Client(ABC):
@@ -145,6 +147,16 @@ class Backend(ABC):
     @abstractmethod
     def stream_source(self, sink: Sink, req: CanonicalRequest, new_id: IdFactory) -> Source:
         """The source that reads this provider's stream events into canonical calls on `sink`."""
+
+    def usage_of(self, obj: Any) -> Usage | None:
+        """The usage a successful answer (parsed JSON) reports; None when it reports none or a malformed one.
+        Never raises (any shape)."""
+        return None
+
+    def model_of(self, obj: Any) -> str | None:
+        """The model a successful answer (parsed JSON) says served it: a non-empty `model` string, else None."""
+        m = obj.get("model") if isinstance(obj, dict) else None
+        return m if isinstance(m, str) and m else None
 
     def parse_error(self, status: int, body: bytes) -> GatewayError:
         """An error answer → GatewayError. Any shape is understood (compatible servers answer in others')."""

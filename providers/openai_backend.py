@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from .canonical import (
     CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, Tool, ToolCallPart,
-    ToolResultPart, put_settings,
+    ToolResultPart, Usage, put_settings,
 )
 from .errors import GatewayError, invalid
 from .interface import Backend, Passthrough, TargetSpec, add_query, fill_model
@@ -177,6 +177,9 @@ class OpenAISource(Source):
         if not self._started and (choices or chunk.get("id")):
             self._started = True
             sink.start(str(chunk.get("id") or ""), str(chunk.get("model") or ""))
+        if self.reported_model is None:
+            m = chunk.get("model")
+            self.reported_model = m if isinstance(m, str) and m else None
         for ch in choices:
             if not isinstance(ch, dict) or ch.get("index", 0) != 0:
                 continue  # only one answer can be expressed in a non-OpenAI format
@@ -216,8 +219,11 @@ class OpenAISource(Source):
                 self._finish = reason
                 sink.finish(reason)
         u = chunk.get("usage")
-        if isinstance(u, dict):
-            sink.usage(usage_from(u))
+        if u is not None:
+            usage = usage_from(u)
+            if usage is not None:
+                self.reported_usage = usage
+                sink.usage(usage)
 
 
 # =============================================================== the backend
@@ -263,3 +269,6 @@ class OpenAIBackend(Backend):
 
     def stream_source(self, sink: Sink, req: CanonicalRequest, new_id: IdFactory) -> Source:
         return OpenAISource(sink, new_id, req.tool_names)
+
+    def usage_of(self, obj: Any) -> Usage | None:
+        return usage_from(obj.get("usage")) if isinstance(obj, dict) else None

@@ -9,7 +9,9 @@ from typing import Any
 from .canonical import CanonicalRequest, Clock, Usage, dumps
 from .errors import GatewayError, error_shape
 from .interface import Passthrough, TargetSpec
-from .openai_wire import FINISH_IN, FINISH_LITERALS, FINISH_OUT, chunk_of, error_event, stream_error, usage_obj
+from .openai_wire import (
+    FINISH_IN, FINISH_LITERALS, FINISH_OUT, chunk_of, error_event, stream_error, usage_from, usage_obj,
+)
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -114,8 +116,13 @@ class OpenAIRelay(Source, Sink):
             return
         edited = False
         choices = chunk.get("choices")
+        if self.reported_model is None:
+            m = chunk.get("model")
+            self.reported_model = m if isinstance(m, str) and m else None
         if chunk.get("usage") is not None:
             self._usage_seen = True
+            # Recorded before it may be stripped: the gateway accounts what the caller does not see.
+            self.reported_usage = usage_from(chunk["usage"]) or self.reported_usage
         if not choices:
             if chunk.get("usage") is None or not self._include_usage:
                 return  # Azure prompt-filter results, or usage the client did not ask for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .canonical import Usage, dumps
+from .canonical import Usage, dumps, token_counts
 from .errors import ANTHROPIC_TYPE_TO_KIND, GatewayError
 from .streaming import Source
 
@@ -46,15 +46,17 @@ def error_event(err: GatewayError) -> bytes:
 
 
 def usage_from(u: Any) -> Usage | None:
+    """A `usage` object → canonical; None when there is none, it has no token count, or a count is malformed."""
     if not isinstance(u, dict):
         return None
-    ptd = u.get("prompt_tokens_details") or {}
-    ctd = u.get("completion_tokens_details") or {}
-    return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
-                 completion_tokens=int(u.get("completion_tokens") or 0),
-                 cache_read=int(ptd.get("cached_tokens") or 0) if isinstance(ptd, dict) else 0,
-                 cache_write=int(ptd.get("cache_write_tokens") or 0) if isinstance(ptd, dict) else 0,
-                 reasoning=ctd.get("reasoning_tokens") if isinstance(ctd, dict) else None)
+    ptd, ctd = u.get("prompt_tokens_details"), u.get("completion_tokens_details")
+    top = token_counts(u, ("prompt_tokens", "completion_tokens"))
+    cached = token_counts(ptd, ("cached_tokens", "cache_write_tokens")) if isinstance(ptd, dict) else [None, None]
+    reasoning = token_counts(ctd, ("reasoning_tokens",)) if isinstance(ctd, dict) else [None]
+    if top is None or cached is None or reasoning is None or top == [None, None]:
+        return None
+    return Usage(prompt_tokens=top[0] or 0, completion_tokens=top[1] or 0, cache_read=cached[0] or 0,
+                 cache_write=cached[1] or 0, reasoning=reasoning[0])
 
 
 def usage_obj(u: Usage) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .canonical import Usage
 from .errors import GatewayError
 from .sse import SSEDecoder, SSEEvent, SSEOverflow
 
@@ -48,13 +49,16 @@ class Sink:
 
 
 class Source:
-    """Base for upstream decoders."""
+    """Base for upstream decoders. A source keeps what the provider reported as it reads it: `reported_usage`
+    (the latest, merged where the family reports in parts) and `reported_model` (the first model it names)."""
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.done = False
         self.upstream_error: GatewayError | None = None
         self.at_eof = False
+        self.reported_usage: Usage | None = None
+        self.reported_model: str | None = None
 
     def invalid_event(self) -> None:
         # A last event cut off by EOF is a cut, not an upstream error: finish() reports it as such.
@@ -97,6 +101,17 @@ class StreamTranslator:
     @property
     def closed(self) -> bool:
         return self._sink.closed
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the provider reported so far (canonical), also when the caller's stream carries none;
+        None while it has reported none."""
+        return self._source.reported_usage
+
+    @property
+    def model(self) -> str | None:
+        """The model the provider's stream says serves it; None while it has named none."""
+        return self._source.reported_model
 
     def _ended(self) -> bool:
         # The source keeps reading after the sink closed cleanly (an Anthropic client's message_stop

@@ -1,307 +1,382 @@
-"""Benchmark: bare mitmdump (reverse mode) vs the aigw gateway, in front of the same mock provider, in one run.
+"""The aigw benchmark: aigw against bare mitmdump (and, with --peers, Portkey and LiteLLM) in one run, same mock.
 
-(a) client → mitmdump --mode reverse:<mock> → mock /v1/messages           (Anthropic request, untouched)
-(b) client → mitmdump + aigw addon → auth + balancing + OpenAI→Anthropic translation → mock /v1/messages
-(c) --failover-cost: as (b), but every request first hits a target that refuses connections, then (c5) one that
-    answers 500; the exit status is 1 when one failover costs FAILOVER_BUDGET_MS or more at p50 over (b)
-(r) --realistic: as (a), with what an SDK really sends: ~20 headers (User-Agent, Accept-Encoding, X-Stainless-*,
-    Authorization, ...) and a gzip-compressed multi-turn JSON body (Content-Encoding: gzip)
-(d) --realistic: as (b), with the same realistic requests (the gateway checks the header count/size bounds and
-    inflates the body under its size bound) — d/b is what realistic requests cost the gateway, r/a what they
-    cost bare mitmdump; when the request bounds cost nothing measurable, d/b ≈ r/a
+Systems, all in front of the same mock provider (`python -m aigw.mock`) on this machine:
+  bare     mitmdump --mode reverse:<mock>              the floor: what mitmproxy itself costs
+  aigw     mitmdump + the aigw addon                   auth, routing, balancing over 2 targets, failover armed
+  base     --baseline DIR: the same, with the addon from another tree (e.g. `git archive <rev> | tar -x -C DIR`)
+  peers    --peers: Portkey's gateway (npm) and the LiteLLM proxy (PyPI), installed into a cache on first use
 
-Prints requests/s, p50/p99 latency and peak RSS of the proxy process for each, and the ratio b/a (and d/b, r/a,
-d/r with --realistic).
-The load generator runs in its own process (aiohttp, fixed concurrency, fixed duration, warm-up first).
+Scenarios (each at fixed concurrency for a fixed time, wrk when installed):
+  openai   OpenAI request → OpenAI target (aigw passes the body through)      bare: the same request
+  xlate    OpenAI request → Anthropic target (aigw translates both ways)      bare: the Anthropic request
+  --stream the same with `stream: true` (SSE relayed event by event)
+  --realistic  SDK-like headers (20) and a gzip-compressed multi-turn body
+Then: added latency at c=1 (p50 over the mock's own), TTFT overhead for streams, chunk fidelity through a paced mock,
+--failover-cost (a refused and a 500 target first), --invalid-keys (a flood of unknown keys), --streams N (N
+concurrent streams opened in a burst: errors, peak RSS, growth over a soak).
+
+Every figure is from this one run on this machine; the ratios (x bare) are what it claims, never the absolute
+numbers. CPU ms/request is the proxy process's user+system CPU over the measured run divided by its answers — on a
+shared 2-core machine it is far steadier than req/s.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gzip
 import json
 import os
-import statistics
-import subprocess
+import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from aigw.procs import free_port, start_logged, wait_port
-from aigw.procs import stop_process as stop
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_load import LoadResult, latency_probe, load  # noqa: E402
+
+from aigw.procs import free_port, start_logged, wait_port  # noqa: E402
+from aigw.procs import stop_process as stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAILOVER_BUDGET_MS = 100.0  # what one failover (refused or 500, then served) may add at p50
+MOCK_KEY = "sk-bench"
+ANTHROPIC_HEADERS = {"content-type": "application/json", "x-api-key": MOCK_KEY, "anthropic-version": "2023-06-01"}
+OPENAI_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {MOCK_KEY}"}
 
 
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+def openai_body(stream: bool) -> dict:
+    return {"model": "gpt-4", "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "Hello!"}]}
 
 
-# --- load generator (runs in a child process) --------------------------------------------------------------
-async def _load(url: str, headers: dict, body: bytes, concurrency: int, duration: float, warmup: float,
-                stream: bool, gzip_body: bool = False) -> dict:
-    import aiohttp
-
-    if gzip_body:
-        body = gzip.compress(body, mtime=0)
-
-    latencies: list[float] = []
-    errors = 0
-    conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn) as session:
-        start = time.perf_counter()
-        measure_from = start + warmup
-        stop_at = measure_from + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while True:
-                t0 = time.perf_counter()
-                if t0 >= stop_at:
-                    return
-                try:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        ok = resp.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                t1 = time.perf_counter()
-                if t0 >= measure_from and t1 <= stop_at:
-                    if ok:
-                        latencies.append(t1 - t0)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    latencies.sort()
-    n = len(latencies)
-    return {"requests": n, "errors": errors, "rps": n / duration,
-            "p50_ms": 1000 * latencies[n // 2] if n else 0.0,
-            "p99_ms": 1000 * latencies[min(n - 1, int(n * 0.99))] if n else 0.0,
-            "mean_ms": 1000 * statistics.fmean(latencies) if n else 0.0}
+def anthropic_body(stream: bool) -> dict:
+    return {"model": "claude-3-sonnet", "max_tokens": 64, "stream": stream,
+            "messages": [{"role": "user", "content": "Hello!"}]}
 
 
-def run_load(url: str, headers: dict, body: dict, args, *, gzip_body: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "_load", url, json.dumps(headers), json.dumps(body), str(args.concurrency),
-           str(args.duration), str(args.warmup), "1" if args.stream else "0", "1" if gzip_body else "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + args.warmup + 120)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr)
-    return json.loads(out.stdout)
+# --- configuration --------------------------------------------------------------------------------------------
+def configure_gateway(data: Path, mock_port: int, *, subdomain: str = "bench", failing_port: int | None = None,
+                      provider: str = "anthropic") -> str:
+    """Write a gateway (two weighted targets on the mock) straight into the store; return its key. The admin API
+    is not part of the measurement.
 
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return start_logged(cmd, log, cwd=str(ROOT))
-
-
-def configure_gateway(data: Path, mock_port: int, *, subdomain: str = "bench", failing_port: int | None = None) -> str:
-    """Write the guide's configuration straight into the store (the admin API is not part of the measurement).
-
-    With failing_port, a better-priority target that refuses connections comes first and passive health is off,
-    so every request pays for one failover (what --failover-cost measures).
-    """
+    With failing_port, a better-priority target that refuses connections (or answers 500) comes first and passive
+    health is off, so every request pays for one failover (what --failover-cost measures)."""
     sys.path.insert(0, str(ROOT))
     from admin import create_app
     from store.repo import Store
 
-    app = create_app(Store(str(data)))
-    c = app.test_client()
+    c = create_app(Store(str(data))).test_client()
 
-    def post(path, body):
+    def post(path: str, body: dict) -> dict:
         r = c.post(f"/api/v1{path}", json=body)
         assert r.status_code == 201, r.get_json()
         return r.get_json()
 
     gw = post("/gateways", {"name": subdomain, "subdomain": subdomain})
-    target = {"path": "/v1/messages", "provider": "anthropic", "weight": 50, "host": "127.0.0.1", "port": mock_port,
-              "protocol": "http", "default_model": "claude-3-sonnet", "models": ["claude-3-sonnet"],
-              "headers": {"anthropic-version": "2023-06-01"},
-              "credentials": {"header_name": "x-api-key", "header_value": "sk-bench"}}
-    targets = [target, dict(target, weight=50)]
-    upstream = {"name": "bench", "algorithm": "round-robin", "targets": targets}
+    if provider == "anthropic":
+        target = {"path": "/v1/messages", "provider": "anthropic", "default_model": "claude-3-sonnet",
+                  "models": ["claude-3-sonnet"], "headers": {"anthropic-version": "2023-06-01"},
+                  "credentials": {"header_name": "x-api-key", "header_value": MOCK_KEY}}
+    else:
+        target = {"path": "/v1/chat/completions", "provider": "openai", "models": ["gpt-4"],
+                  "credentials": {"api_key": MOCK_KEY}}
+    target.update({"weight": 50, "host": "127.0.0.1", "port": mock_port, "protocol": "http"})
+    targets = [target, dict(target)]
+    upstream: dict = {"name": subdomain, "algorithm": "round-robin", "targets": targets}
     if failing_port is not None:
         targets.insert(0, dict(target, port=failing_port, priority=1))
         targets[1]["priority"] = targets[2]["priority"] = 2
         upstream["health_checks"] = {"passive": False, "threshold": 3, "interval": 60}
     up = post(f"/gateways/{gw['id']}/upstreams", upstream)
-    svc = post(f"/gateways/{gw['id']}/services", {"name": "bench", "type": "upstream", "upstream_id": up["id"]})
+    svc = post(f"/gateways/{gw['id']}/services", {"name": subdomain, "type": "upstream", "upstream_id": up["id"]})
     post(f"/gateways/{gw['id']}/rules", {"path": "/v1", "service_id": svc["id"], "methods": ["POST"]})
-    return post(f"/gateways/{gw['id']}/keys", {"name": "bench"})["key"]
+    return post(f"/gateways/{gw['id']}/keys", {"name": subdomain})["key"]
 
 
-# --- realistic client requests (--realistic) ---------------------------------------------------------------
-_SYSTEM = ("You are a careful assistant for an online shop. Answer in the customer's language, keep answers short, "
-           "never invent order numbers, and ask for the order id when it is missing. ") * 6
-_TURNS = ["Hi, I ordered a kettle last week and it has not arrived yet.",
-          "I'm sorry to hear that. Could you give me your order id?",
-          "Sure, it is 4711-0815. The tracking page has said 'in transit' for five days now.",
-          "Thank you. I see the parcel left our warehouse on Monday; the carrier reports a delay in your region.",
-          "Can you send a replacement, or should I wait? I need it before the weekend.",
-          "I can offer either. Which one would you prefer?",
-          "Hello! Please send a replacement and cancel the first one if that is possible."]
+def gateway_headers(key: str, subdomain: str) -> dict[str, str]:
+    return {"content-type": "application/json", "authorization": f"Bearer {key}", "host": f"{subdomain}.example.com"}
 
 
-def realistic_bodies(stream: bool) -> tuple[dict, dict]:
-    """(OpenAI body for the gateway, Anthropic body for bare mitmdump): the same multi-turn conversation."""
-    msgs = [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(_TURNS)]
-    openai = {"model": "gpt-4", "max_tokens": 64, "stream": stream, "temperature": 0.7, "user": "customer-1842",
-              "messages": [{"role": "system", "content": _SYSTEM}, *msgs]}
-    anthropic = {"model": "claude-3-sonnet", "max_tokens": 64, "stream": stream, "temperature": 0.7,
-                 "system": _SYSTEM, "metadata": {"user_id": "customer-1842"}, "messages": msgs}
-    return openai, anthropic
+# --- processes ------------------------------------------------------------------------------------------------
+@dataclass
+class System:
+    name: str
+    pid: int
+    base: str          # http://127.0.0.1:port
 
 
-def sdk_headers(auth: dict[str, str], sdk: str = "OpenAI") -> dict[str, str]:
-    """What the official Python SDKs send (plus Content-Encoding: gzip); with Content-Length, 20 headers."""
-    return {"host": "bench.example.com", "content-type": "application/json", "content-encoding": "gzip",
-            "accept": "application/json", "accept-encoding": "gzip, deflate", "user-agent": f"{sdk}/Python 1.99.0",
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
+        self.procs: list = []
+
+    def start(self, name: str, cmd: list[str], port: int, env: dict | None = None) -> System:
+        proc = start_logged(cmd, self.tmp / f"{name}.log", cwd=str(ROOT)) if env is None else \
+            _start_env(cmd, self.tmp / f"{name}.log", env)
+        self.procs.append(proc)
+        wait_port(port, proc=proc, what=name)
+        return System(name, proc.pid, f"http://127.0.0.1:{port}")
+
+    def mock(self, name: str, *extra: str) -> int:
+        port = free_port()
+        self.start(name, [sys.executable, "-m", "aigw.mock", "--port", str(port), "--api-key", MOCK_KEY,
+                          "--name", name, *extra], port)
+        return port
+
+    def mitmdump(self, name: str, *extra: str, env: dict | None = None) -> System:
+        port = free_port()
+        cmd = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
+               "--set", f"confdir={self.tmp / 'mitm'}", *extra]
+        return self.start(name, cmd, port, env)
+
+    def gateway(self, name: str, data: Path, tree: Path = ROOT, env: dict | None = None) -> System:
+        extra = []
+        if tree == ROOT:  # a --baseline tree may not know the newer options
+            extra = ["--set", "aigw_metrics_listen=127.0.0.1:0"]
+            for kv in getattr(self.args, "set", None) or []:
+                extra += ["--set", kv]
+        return self.mitmdump(name, "-s", str(tree / "addon" / "entry.py"), "--mode", "reverse:http://127.0.0.1:9",
+                             "--set", "connection_strategy=lazy", "--set", f"aigw_data={data}", *extra, env=env)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            stop(proc)
+
+
+def _start_env(cmd: list[str], log: Path, env: dict):
+    import subprocess
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT), env={**os.environ, **env})
+
+
+# --- the run --------------------------------------------------------------------------------------------------
+def measure(args, system: System, path: str, headers: dict, body: dict, *, concurrency: int | None = None
+            ) -> LoadResult:
+    raw = json.dumps(body).encode()
+    if args.realistic:
+        import gzip
+        raw = gzip.compress(raw, mtime=0)
+        headers = {**sdk_headers(), **headers, "content-encoding": "gzip"}
+    return load(system.base + path, headers, raw, concurrency=concurrency or args.concurrency,
+                duration=args.duration, warmup=args.warmup, pid=system.pid, engine=args.engine)
+
+
+def sdk_headers() -> dict[str, str]:
+    """What the official Python SDKs send besides the key (with Content-Length and the key: 20 headers)."""
+    return {"accept": "application/json", "accept-encoding": "gzip, deflate", "user-agent": "OpenAI/Python 1.99.0",
             "x-stainless-lang": "python", "x-stainless-package-version": "1.99.0", "x-stainless-os": "Linux",
             "x-stainless-arch": "x64", "x-stainless-runtime": "CPython", "x-stainless-runtime-version": "3.13.0",
             "x-stainless-async": "async:asyncio", "x-stainless-retry-count": "0",
             "x-stainless-read-timeout": "600", "x-stainless-timeout": "600", "x-request-source": "bench",
-            "connection": "keep-alive", **auth}
+            "connection": "keep-alive"}
+
+
+def machine() -> str:
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor())
+    import mitmproxy.version
+    return (f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, mitmproxy {mitmproxy.version.VERSION}")
+
+
+def run(args) -> dict:
+    b = Bench(args)
+    try:
+        mock_port = b.mock("mock")
+        data = b.tmp / "aigw.json"
+        keys = {"oa": configure_gateway(data, mock_port, subdomain="oa", provider="openai"),
+                "an": configure_gateway(data, mock_port, subdomain="an", provider="anthropic")}
+        systems = [b.mitmdump("bare", "--mode", f"reverse:http://127.0.0.1:{mock_port}"), b.gateway("aigw", data)]
+        if args.baseline:
+            tree = Path(args.baseline).resolve()
+            systems.append(b.gateway("base", data, tree, env={"PYTHONPATH": str(tree)}))
+        bare = systems[0]
+        result: dict = {"machine": machine(), "concurrency": args.concurrency, "duration_s": args.duration,
+                        "engine": args.engine, "stream": args.stream, "realistic": args.realistic, "scenarios": {}}
+        scenarios = {"openai": ("/v1/chat/completions", OPENAI_HEADERS, openai_body(args.stream), "oa"),
+                     "xlate": ("/v1/messages", ANTHROPIC_HEADERS, anthropic_body(args.stream), "an")}
+        for name, (bare_path, bare_headers, bare_body, sub) in scenarios.items():
+            if args.only and name not in args.only:
+                continue
+            rows: dict[str, list[dict]] = {}
+            for _ in range(args.rounds):  # alternate the systems round by round: drift hits all of them alike
+                for s in systems:
+                    if s is bare:
+                        r = measure(args, s, bare_path, bare_headers, bare_body)
+                    else:
+                        r = measure(args, s, "/v1/chat/completions", gateway_headers(keys[sub], sub),
+                                    openai_body(args.stream))
+                    rows.setdefault(s.name, []).append(r.as_dict())
+            result["scenarios"][name] = {k: _median_row(v) for k, v in rows.items()}
+        result["latency_c1"] = latency_c1(args, mock_port, systems, keys)
+        if args.stream or args.fidelity:
+            result["chunk_fidelity"] = chunk_fidelity(b, systems, data)
+        if args.failover_cost:
+            result["failover"] = failover_cost(b, args, data, mock_port, systems[1])
+        if args.invalid_keys:
+            result["invalid_keys"] = measure(args, systems[1], "/v1/chat/completions",
+                                             gateway_headers("aigw-not-a-key-0123456789abcdef", "oa"),
+                                             openai_body(False)).as_dict()
+        if args.streams:
+            result["streams_burst"] = streams_burst(b, args, data)
+        if args.peers:
+            result["peers"] = peers(b, args, mock_port)
+        return result
+    finally:
+        b.close()
+
+
+def _median_row(rows: list[dict]) -> dict:
+    if len(rows) == 1:
+        return rows[0]
+    rows = sorted(rows, key=lambda r: r["rps"])
+    out = dict(rows[len(rows) // 2])
+    out["rps_all"] = [round(r["rps"], 1) for r in rows]
+    out["cpu_ms_per_req_all"] = sorted(round(r["cpu_ms_per_req"], 3) for r in rows)
+    out["cpu_ms_per_req"] = out["cpu_ms_per_req_all"][len(rows) // 2]
+    return out
+
+
+def latency_c1(args, mock_port: int, systems: list[System], keys: dict) -> dict:
+    """p50 at c=1 over one keep-alive connection: the mock alone, then through each proxy (xlate scenario for the
+    gateway, its Anthropic equivalent for the others). Streams: time to the first event too."""
+    count = args.latency_count
+    out: dict = {}
+    for stream in (False, True):
+        raw_a = json.dumps(anthropic_body(stream)).encode()
+        raw_o = json.dumps(openai_body(stream)).encode()
+        row = {"direct": latency_probe(f"http://127.0.0.1:{mock_port}/v1/messages", ANTHROPIC_HEADERS, raw_a,
+                                       count=count, stream=stream).as_dict()}
+        for s in systems:
+            if s.name == "bare":
+                p = latency_probe(s.base + "/v1/messages", ANTHROPIC_HEADERS, raw_a, count=count, stream=stream)
+            else:
+                p = latency_probe(s.base + "/v1/chat/completions", gateway_headers(keys["an"], "an"), raw_o,
+                                  count=count, stream=stream)
+            row[s.name] = p.as_dict()
+        out["stream" if stream else "non_stream"] = row
+    return out
+
+
+def chunk_fidelity(b: Bench, systems: list[System], data: Path) -> dict:
+    """A paced mock (20 ms between events): does each event reach the caller in its own read?"""
+    paced = b.mock("paced", "--chunk-delay", "0.02")
+    key = configure_gateway(data, paced, subdomain="paced", provider="anthropic")
+    time.sleep(1.0)  # the proxy reloads its configuration within a second
+    out = {}
+    for s in systems:
+        if s.name == "bare":
+            continue
+        p = latency_probe(s.base + "/v1/chat/completions", gateway_headers(key, "paced"),
+                          json.dumps(openai_body(True)).encode(), count=5, stream=True)
+        out[s.name] = {"events": p.event_count_p50, "reads_with_events": p.events_p50,
+                       "event_by_event": p.events_p50 >= p.event_count_p50 - 1 and p.errors == 0}
+    return out
+
+
+def failover_cost(b: Bench, args, data: Path, mock_port: int, gw: System) -> dict:
+    base = measure(args, gw, "/v1/chat/completions", gateway_headers(configure_gateway(
+        data, mock_port, subdomain="plain"), "plain"), openai_body(args.stream))
+    refused = configure_gateway(data, mock_port, subdomain="refused", failing_port=free_port())
+    port_500 = free_port()
+    b.start("mock500", [sys.executable, "-m", "aigw.mock", "--port", str(port_500), "--name", "failing",
+                        "--faults", json.dumps([{"status": 500}])], port_500)
+    five = configure_gateway(data, mock_port, subdomain="five", failing_port=port_500)
+    time.sleep(1.0)
+    out = {"no_failover": base.as_dict()}
+    for name, key, sub in (("refused", refused, "refused"), ("500", five, "five")):
+        r = measure(args, gw, "/v1/chat/completions", gateway_headers(key, sub), openai_body(args.stream))
+        out[name] = r.as_dict() | {"added_p50_ms": round(r.p50_ms - base.p50_ms, 2)}
+    out["within_budget"] = all(out[k]["added_p50_ms"] < FAILOVER_BUDGET_MS for k in ("refused", "500"))
+    return out
+
+
+def streams_burst(b: Bench, args, data: Path) -> dict:
+    import bench_streams
+    paced = b.mock("slow", "--chunk-delay", str(args.streams_chunk_delay))
+    key = configure_gateway(data, paced, subdomain="slow", provider="anthropic")
+    gw = b.gateway("aigw-streams", data)
+    return bench_streams.run_burst(gw.base + "/v1/chat/completions", gateway_headers(key, "slow"),
+                                   openai_body(True), pid=gw.pid, streams=args.streams, burst_s=args.burst,
+                                   soak_s=args.soak)
+
+
+def peers(b: Bench, args, mock_port: int) -> dict:
+    import bench_peers
+    return bench_peers.measure_all(mock_port, b.tmp, args, measure_fn=measure)
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+def render(res: dict) -> str:
+    lines = [f"machine: {res['machine']}",
+             f"load: {res['engine']} engine, c={res['concurrency']}, {res['duration_s']:g} s per system"
+             f"{', stream' if res['stream'] else ', non-stream'}{', realistic requests' if res['realistic'] else ''}",
+             "", f"{'scenario':9s} {'system':6s} {'req/s':>8s} {'x bare':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
+                 f"{'CPU ms/req':>10s} {'x bare':>7s} {'errors':>6s} {'RSS MiB':>7s}"]
+    for name, rows in res["scenarios"].items():
+        bare = rows.get("bare")
+        for sysname, r in rows.items():
+            x = r["rps"] / bare["rps"] if bare and bare["rps"] else 0
+            xc = r["cpu_ms_per_req"] / bare["cpu_ms_per_req"] if bare and bare["cpu_ms_per_req"] else 0
+            lines.append(f"{name:9s} {sysname:6s} {r['rps']:8.1f} {x:7.3f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+                         f"{r['cpu_ms_per_req']:10.3f} {xc:7.3f} {r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
+    for kind, row in res.get("latency_c1", {}).items():
+        d = row["direct"]
+        parts = [f"direct {d['p50_ms']:.2f} ms"] + [
+            f"{k} {v['p50_ms'] - d['p50_ms']:+.2f} ms" for k, v in row.items() if k != "direct"]
+        lines.append(f"added p50 at c=1, {kind.replace('_', '-')}: " + ", ".join(parts))
+        if kind == "stream":
+            lines.append("  TTFT overhead p50: " + ", ".join(
+                f"{k} {v['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms" for k, v in row.items() if k != "direct"))
+    if "chunk_fidelity" in res:
+        lines.append("chunk fidelity (paced 20 ms): " + ", ".join(
+            f"{k}: {v['reads_with_events']:g} reads for {v['events']:g} events"
+            f" ({'event by event' if v['event_by_event'] else 'COALESCED'})" for k, v in res["chunk_fidelity"].items()))
+    if "failover" in res:
+        f = res["failover"]
+        lines.append(f"failover: one refused target first {f['refused']['added_p50_ms']:+.2f} ms p50, one 500 first "
+                     f"{f['500']['added_p50_ms']:+.2f} ms p50 (budget {FAILOVER_BUDGET_MS:g} ms: "
+                     f"{'ok' if f['within_budget'] else 'OVER'})")
+    if "invalid_keys" in res:
+        r = res["invalid_keys"]
+        lines.append(f"invalid-key flood: {r['rps']:.0f} refusals/s, CPU {r['cpu_ms_per_req']:.3f} ms each")
+    if "streams_burst" in res:
+        lines.append("streams burst: " + json.dumps(res["streams_burst"]))
+    if "peers" in res:
+        lines.extend(res["peers"].get("table", []))
+    return "\n".join(lines)
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "_load":
-        url, headers, body, conc, dur, warm, stream = sys.argv[2:9]
-        gzip_body = len(sys.argv) > 9 and sys.argv[9] == "1"
-        res = asyncio.run(_load(url, json.loads(headers), body.encode(), int(conc), float(dur), float(warm),
-                                stream == "1", gzip_body))
-        print(json.dumps(res))
-        return 0
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=1, help="alternate the systems this many times; report medians")
+    p.add_argument("--engine", choices=("auto", "wrk", "aiohttp"), default="auto")
     p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
-    p.add_argument("--chunk-delay", type=float, default=0.0,
-                   help="seconds the mock waits between stream events (0: the whole stream at once)")
+    p.add_argument("--realistic", action="store_true", help="SDK-like headers and a gzip multi-turn body")
+    p.add_argument("--only", nargs="*", choices=("openai", "xlate"), help="scenarios to run (default: both)")
+    p.add_argument("--baseline", metavar="DIR", help="also run the addon from another source tree")
+    p.add_argument("--latency-count", type=int, default=200, help="requests for the c=1 latency probe")
+    p.add_argument("--fidelity", action="store_true", help="check chunk fidelity (on by default with --stream)")
+    p.add_argument("--failover-cost", action="store_true", help="requests that fail over once (exit 1 over budget)")
+    p.add_argument("--invalid-keys", action="store_true", help="a flood of unknown gateway keys")
+    p.add_argument("--streams", type=int, default=0, metavar="N", help="N concurrent streams opened in a burst")
+    p.add_argument("--burst", type=float, default=2.0, help="seconds over which --streams are opened")
+    p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")
+    p.add_argument("--streams-chunk-delay", type=float, default=0.5)
+    p.add_argument("--peers", action="store_true", help="also run Portkey and LiteLLM (installed on first use)")
+    p.add_argument("--set", action="append", metavar="OPTION=VALUE",
+                   help="an aigw option for the gateway under test (e.g. aigw_access_log=/tmp/a.log); repeatable")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    p.add_argument("--failover-cost", action="store_true",
-                   help="also measure requests that fail over once (first target refuses connections)")
-    p.add_argument("--realistic", action="store_true",
-                   help="also measure realistic client requests, (r) bare and (d) gateway: SDK-like headers (20 "
-                        "with Content-Length) and a gzip-compressed multi-turn JSON body; prints d/b (their cost "
-                        "in the gateway, header/body bounds and inflating included) beside r/a (their cost in "
-                        "bare mitmdump)")
     args = p.parse_args()
-
-    tmp = Path(tempfile.mkdtemp(prefix="aigw-bench-"))
-    confdir = tmp / "mitm"
-    mock_port, bare_port, gw_port = free_port(), free_port(), free_port()
-    procs = []
-    try:
-        mock = start([sys.executable, "-m", "aigw.mock", "--port", str(mock_port), "--api-key", "sk-bench",
-                      "--name", "bench", "--chunk-delay", str(args.chunk_delay)], tmp / "mock.log")
-        procs.append(mock)
-        wait_port(mock_port)
-        data = tmp / "aigw.json"
-        key = configure_gateway(data, mock_port)
-        common = ["-q", "--listen-host", "127.0.0.1", "--set", f"confdir={confdir}"]
-        bare = start([str(BIN / "mitmdump"), *common, "-p", str(bare_port), "--mode",
-                      f"reverse:http://127.0.0.1:{mock_port}"], tmp / "bare.log")
-        procs.append(bare)
-        gw = start([str(BIN / "mitmdump"), *common, "-p", str(gw_port), "-s", str(ROOT / "addon" / "entry.py"),
-                    "--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy",
-                    "--set", f"aigw_data={data}"], tmp / "gateway.log")
-        procs.append(gw)
-        wait_port(bare_port)
-        wait_port(gw_port)
-
-        anthropic_body = {"model": "claude-3-sonnet", "max_tokens": 64, "stream": args.stream,
-                          "messages": [{"role": "user", "content": "Hello!"}]}
-        openai_body = {"model": "gpt-4", "max_tokens": 64, "stream": args.stream, "system": "You are an assistant",
-                       "messages": [{"role": "user", "content": "Hello!"}]}
-        a = run_load(f"http://127.0.0.1:{bare_port}/v1/messages",
-                     {"content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"},
-                     anthropic_body, args)
-        a["rss_kb"] = rss_kb(bare.pid)
-        b = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                     {"content-type": "application/json", "x-api-key": key, "host": "bench.example.com"},
-                     openai_body, args)
-        b["rss_kb"] = rss_kb(gw.pid)
-        ratio = b["rps"] / a["rps"] if a["rps"] else 0.0
-        result = {"bare_mitmdump": a, "gateway": b, "ratio_rps_b_over_a": round(ratio, 3),
-                  "concurrency": args.concurrency, "duration_s": args.duration, "stream": args.stream,
-                  "chunk_delay_s": args.chunk_delay}
-        if args.failover_cost:
-            fkey = configure_gateway(data, mock_port, subdomain="failover", failing_port=free_port())
-            time.sleep(1.0)  # the proxy picks the new configuration up within a second
-            c = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                         {"content-type": "application/json", "x-api-key": fkey}, openai_body, args)
-            result["gateway_with_one_failover"] = c
-            port_500 = free_port()
-            procs.append(start([sys.executable, "-m", "aigw.mock", "--port", str(port_500), "--name", "failing",
-                                "--faults", json.dumps([{"status": 500}])], tmp / "mock500.log"))
-            wait_port(port_500)
-            fkey5 = configure_gateway(data, mock_port, subdomain="failover5", failing_port=port_500)
-            time.sleep(1.0)
-            c5 = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                          {"content-type": "application/json", "x-api-key": fkey5}, openai_body, args)
-            result["gateway_with_one_500_failover"] = c5
-            cost = {"refused": c["p50_ms"] - b["p50_ms"], "500": c5["p50_ms"] - b["p50_ms"]}
-            result["failover_cost_p50_ms"] = {k: round(v, 2) for k, v in cost.items()}
-            result["failover_within_budget"] = all(v < FAILOVER_BUDGET_MS for v in cost.values())
-        if args.realistic:
-            oa_real, an_real = realistic_bodies(args.stream)
-            r = run_load(f"http://127.0.0.1:{bare_port}/v1/messages",
-                         sdk_headers({"x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}, "Anthropic"),
-                         an_real, args, gzip_body=True)
-            r["rss_kb"] = rss_kb(bare.pid)
-            d = run_load(f"http://127.0.0.1:{gw_port}/v1/chat/completions",
-                         sdk_headers({"authorization": f"Bearer {key}"}), oa_real, args, gzip_body=True)
-            d["rss_kb"] = rss_kb(gw.pid)
-            raw = json.dumps(oa_real).encode()
-            result.update({
-                "bare_realistic": r, "gateway_realistic": d,
-                "realistic_request": {"headers": len(sdk_headers({"authorization": ""})) + 1,
-                                      "body_bytes": len(raw), "gzip_bytes": len(gzip.compress(raw, mtime=0))},
-                "ratio_rps_d_over_b": round(d["rps"] / b["rps"], 3) if b["rps"] else 0.0,
-                "ratio_rps_r_over_a": round(r["rps"] / a["rps"], 3) if a["rps"] else 0.0,
-                "ratio_rps_d_over_r": round(d["rps"] / r["rps"], 3) if r["rps"] else 0.0})
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            for name, r in (("(a) bare mitmdump", a), ("(b) aigw gateway", b)):
-                print(f"{name:20s} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-                      f"errors {r['errors']}  peak RSS {r['rss_kb'] / 1024:.0f} MiB")
-            print(f"ratio b/a (req/s): {ratio:.3f}   (concurrency {args.concurrency}, {args.duration:.0f} s, "
-                  f"{'stream' if args.stream else 'non-stream'}{f', {args.chunk_delay * 1000:g} ms between events' if args.chunk_delay else ''})")
-            if "gateway_with_one_failover" in result:
-                c = result["gateway_with_one_failover"]
-                print(f"{'(c) one failover':20s} {c['rps']:8.1f} req/s  p50 {c['p50_ms']:7.2f} ms  "
-                      f"p99 {c['p99_ms']:7.2f} ms  errors {c['errors']}")
-                print(f"one failover (connection refused) costs {c['p50_ms'] - b['p50_ms']:+.2f} ms at p50, "
-                      f"{c['p99_ms'] - b['p99_ms']:+.2f} ms at p99, under the same load")
-                c5 = result["gateway_with_one_500_failover"]
-                print(f"{'(c5) one 500 failover':20s} {c5['rps']:8.1f} req/s  p50 {c5['p50_ms']:7.2f} ms  "
-                      f"p99 {c5['p99_ms']:7.2f} ms  errors {c5['errors']}")
-                print(f"one failover costs less than {FAILOVER_BUDGET_MS:g} ms at p50: "
-                      f"{'yes' if result['failover_within_budget'] else 'NO'} {result['failover_cost_p50_ms']}")
-            if "gateway_realistic" in result:
-                r, d, req = result["bare_realistic"], result["gateway_realistic"], result["realistic_request"]
-                for name, x in (("(r) bare, realistic", r), ("(d) aigw, realistic", d)):
-                    print(f"{name:20s} {x['rps']:8.1f} req/s  p50 {x['p50_ms']:7.2f} ms  p99 {x['p99_ms']:7.2f} ms  "
-                          f"errors {x['errors']}  peak RSS {x['rss_kb'] / 1024:.0f} MiB")
-                print(f"realistic requests ({req['headers']} headers, gzip body {req['body_bytes']} -> "
-                      f"{req['gzip_bytes']} bytes): gateway d/b {result['ratio_rps_d_over_b']:.3f} "
-                      f"(p50 {d['p50_ms'] - b['p50_ms']:+.2f} ms), bare r/a {result['ratio_rps_r_over_a']:.3f} "
-                      f"(p50 {r['p50_ms'] - a['p50_ms']:+.2f} ms); ratio d/r (req/s): {result['ratio_rps_d_over_r']:.3f}")
-        return 0 if result.get("failover_within_budget", True) else 1
-    finally:
-        for proc in procs:
-            stop(proc)
+    res = run(args)
+    print(json.dumps(res, indent=2) if args.json else render(res))
+    return 0 if res.get("failover", {}).get("within_budget", True) else 1
 
 
 if __name__ == "__main__":

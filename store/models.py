@@ -55,7 +55,7 @@ from .fields import (  # noqa: F401  (re-exported: the models' vocabularies)
 
 from .base import Entity, GatewayScoped, Model, _takes_int  # noqa: F401  (re-exported)
 from .upstream import (  # noqa: F401  (re-exported: the one import path for every model)
-    ActiveHealthCheck, Credentials, Failover, HealthChecks, Sticky, Target, Upstream,
+    ActiveHealthCheck, Credentials, Failover, HealthChecks, Pricing, Sticky, Target, Upstream,
 )
 
 

@@ -5,7 +5,7 @@ Re-exported by store/models.py, the one import path for every model."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -84,6 +84,31 @@ class Credentials(Model):
         return self.api_key if self.api_key is not None else self.header_value  # type: ignore[return-value]
 
 
+#: A price in currency units per million tokens. Capped so that no token count a provider reports can make a cost
+#: overflow to infinity (which is not JSON); a million per million tokens is already one unit per token.
+Price = Annotated[StrictFloat, Field(ge=0, le=1_000_000)]
+
+
+class Pricing(Model):
+    """aigw: what a target's tokens cost, per million tokens, for usage cost estimates. Not a secret: shown as
+    stored. One fixed currency, so the costs of different targets add up."""
+
+    input_per_million: Price
+    output_per_million: Price
+    cached_input_per_million: Price | None = Field(
+        default=None, description="Price of input tokens read from the provider's prompt cache; "
+                                  "defaults to input_per_million"
+    )
+    currency: Literal["USD"] = "USD"
+
+    @property
+    def cached_rate(self) -> float:
+        """The effective price of cached input tokens."""
+        if self.cached_input_per_million is None:
+            return self.input_per_million
+        return self.cached_input_per_million
+
+
 class Target(Model):
     """One provider endpoint inside an upstream."""
 
@@ -121,6 +146,7 @@ class Target(Model):
         default=None, description="aigw: max_tokens sent when the provider requires one and the client gave none"
     )
     api_version: str | None = Field(default=None, description="aigw: Azure OpenAI api-version")
+    pricing: Pricing | None = Field(default=None, description="aigw: token prices, for usage cost estimates")
 
     @field_validator("id")
     @classmethod

@@ -114,6 +114,8 @@ class Proxy:
     proc: subprocess.Popen
     log_path: Path
     data: Path
+    web_port: int | None = None  # mitmweb's own port (tool="mitmweb")
+    metrics_port: int | None = None  # the metrics listener (/metrics, /livez, /readyz)
 
     @property
     def base(self) -> str:
@@ -127,16 +129,18 @@ class Proxy:
 
 
 def start_mitmdump(data: Path, confdir: Path, *, extra: list[str] | None = None, tool: str = "mitmdump") -> Proxy:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     log_path = data.parent / f"{tool}-{port}.log"
     cmd = [str(BIN / tool), "-q", "-s", str(ROOT / "addon" / "entry.py"), "--mode", "reverse:http://127.0.0.1:9",
            "--listen-host", "127.0.0.1", "-p", str(port), "--set", "connection_strategy=lazy",
-           "--set", f"aigw_data={data}", "--set", f"confdir={confdir}"]
+           "--set", f"aigw_data={data}", "--set", f"confdir={confdir}",
+           "--set", f"aigw_metrics_listen=127.0.0.1:{metrics_port}"]
+    web_port = free_port() if tool == "mitmweb" else None
     if tool == "mitmweb":
-        cmd += ["--set", "web_open_browser=false", "--set", f"web_port={free_port()}", "--set", "web_host=127.0.0.1"]
+        cmd += ["--set", "web_open_browser=false", "--set", f"web_port={web_port}", "--set", "web_host=127.0.0.1"]
     cmd += extra or []
     proc = start_logged(cmd, log_path, cwd=str(ROOT))
-    proxy = Proxy(port=port, proc=proc, log_path=log_path, data=data)
+    proxy = Proxy(port=port, proc=proc, log_path=log_path, data=data, web_port=web_port, metrics_port=metrics_port)
     try:
         wait_port(port, 30.0, proc)
     except Exception:
