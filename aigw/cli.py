@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="proxy port (env AIGW_PROXY_PORT; default 8081)")
     up.add_argument("--base-domain", default=_env("AIGW_BASE_DOMAIN", ""),
                     help="base domain of gateway subdomains (env AIGW_BASE_DOMAIN; default: first Host label)")
+    up.add_argument("--metrics-listen", default=_env("AIGW_METRICS_LISTEN", "127.0.0.1:9464"),
+                    help="host:port of the Prometheus metrics listener with /livez and /readyz (env "
+                         "AIGW_METRICS_LISTEN; default 127.0.0.1:9464; empty: none)")
+    up.add_argument("--access-log", default=_env("AIGW_ACCESS_LOG", ""),
+                    help="one JSON line per request: '-' for stdout or a file path (env AIGW_ACCESS_LOG; default: "
+                         "none)")
+    up.add_argument("--attempt-flows", choices=("auto", "on", "off"), default=_env("AIGW_ATTEMPT_FLOWS", "auto"),
+                    help="every upstream attempt as its own flow (env AIGW_ATTEMPT_FLOWS; default auto: off under "
+                         "aigw up, which keeps no flows)")
     up.add_argument("--no-admin", action="store_true", help="run the proxy only (admin in another process)")
     up.add_argument("--verbose", action="store_true", help="log every flow like mitmdump does")
 
@@ -58,7 +67,8 @@ def _check_ports(*pairs: tuple[str, int]) -> None:
 
 
 async def run_proxy(*, data: str, proxy_host: str, proxy_port: int, base_domain: str = "",
-                    verbose: bool = False, ready=None) -> None:
+                    verbose: bool = False, ready=None, metrics_listen: str = "127.0.0.1:9464",
+                    access_log: str = "", attempt_flows: str = "auto") -> None:
     """Run mitmproxy (reverse mode, lazy connections) with the gateway addon until shut down."""
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
@@ -70,6 +80,7 @@ async def run_proxy(*, data: str, proxy_host: str, proxy_port: int, base_domain:
     master.addons.add(GatewayAddon())
     opts.update(mode=["reverse:http://127.0.0.1:9"], listen_host=proxy_host, listen_port=proxy_port,
                 connection_strategy="lazy", keep_host_header=True, aigw_data=data, aigw_base_domain=base_domain,
+                aigw_metrics_listen=metrics_listen, aigw_access_log=access_log, aigw_attempt_flows=attempt_flows,
                 termlog_verbosity="info" if verbose else "warn")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,6 +101,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     from store.usage import usage_path_for
 
     _check_ports(("--admin-port", args.admin_port), ("--proxy-port", args.proxy_port))
+    from addon.metrics_server import parse_listen
+    try:
+        listen = parse_listen(args.metrics_listen)
+    except ValueError as exc:
+        print(f"aigw: --metrics-listen: {exc}", file=sys.stderr)
+        return 2
+    if listen is not None and listen[1] == args.proxy_port:
+        print("aigw: --metrics-listen must not be the proxy port (callers would read the metrics)", file=sys.stderr)
+        return 2
     data = os.path.abspath(args.data)
     os.makedirs(os.path.dirname(data), exist_ok=True)
     store = Store(data)
@@ -104,9 +124,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                        health_path=health_path_for(data), usage_path=usage_path_for(data))
         print(f"aigw: admin API on http://{args.admin_host}:{handle.port}/api/v1", flush=True)
     print(f"aigw: proxy on http://{args.proxy_host}:{args.proxy_port} (data: {data})", flush=True)
+    if args.metrics_listen.strip():
+        print(f"aigw: metrics on http://{args.metrics_listen.strip()}/metrics", flush=True)
     try:
         asyncio.run(run_proxy(data=data, proxy_host=args.proxy_host, proxy_port=args.proxy_port,
-                              base_domain=args.base_domain, verbose=args.verbose))
+                              base_domain=args.base_domain, verbose=args.verbose,
+                              metrics_listen=args.metrics_listen, access_log=args.access_log,
+                              attempt_flows=args.attempt_flows))
     finally:
         if handle is not None:
             handle.shutdown()
