@@ -128,16 +128,21 @@ class Bench:
 
     def mitmdump(self, name: str, *extra: str, env: dict | None = None) -> System:
         port = free_port()
-        cmd = [str(BIN / "mitmdump"), "-q", "--listen-host", "127.0.0.1", "-p", str(port),
+        cmd = [str(BIN / "mitmdump"), *([] if os.environ.get("AIGW_BENCH_VERBOSE") else ["-q"]), "--listen-host", "127.0.0.1", "-p", str(port),
                "--set", f"confdir={self.tmp / 'mitm'}", *extra]
         return self.start(name, cmd, port, env)
 
-    def gateway(self, name: str, data: Path, tree: Path = ROOT, env: dict | None = None) -> System:
+    def gateway(self, name: str, data: Path, tree: Path = ROOT, env: dict | None = None,
+                options: list[str] | None = None) -> System:
         extra = []
         if tree == ROOT:  # a --baseline tree may not know the newer options
-            extra = ["--set", "aigw_metrics_listen=127.0.0.1:0"]
-            for kv in getattr(self.args, "set", None) or []:
-                extra += ["--set", kv]
+            # One --set per option: mitmproxy drops every deferred (addon) option when one is given twice.
+            merged = {"aigw_metrics_listen": "127.0.0.1:0"}
+            for kv in [*(getattr(self.args, "set", None) or []), *(options or [])]:
+                k, _, v = kv.partition("=")
+                merged[k] = v
+            for k, v in merged.items():
+                extra += ["--set", f"{k}={v}"]
         return self.mitmdump(name, "-s", str(tree / "addon" / "entry.py"), "--mode", "reverse:http://127.0.0.1:9",
                              "--set", "connection_strategy=lazy", "--set", f"aigw_data={data}", *extra, env=env)
 
@@ -220,6 +225,8 @@ def run(args) -> dict:
             result["invalid_keys"] = measure(args, systems[1], "/v1/chat/completions",
                                              gateway_headers("aigw-not-a-key-0123456789abcdef", "oa"),
                                              openai_body(False)).as_dict()
+        if args.observability_cost:
+            result["observability"] = observability_cost(b, args, data, keys["oa"])
         if args.streams:
             result["streams_burst"] = streams_burst(b, args, data)
         if args.peers:
@@ -294,6 +301,27 @@ def failover_cost(b: Bench, args, data: Path, mock_port: int, gw: System) -> dic
     return out
 
 
+def observability_cost(b: Bench, args, data: Path, key: str) -> dict:
+    """The same gateway three ways, alternated round by round: lean (no metrics listener, no access log), with
+    metrics and an access log (to a file), and with attempt flows on as well."""
+    log = b.tmp / "access.log"
+    variants = {"lean": ["aigw_metrics_listen=", "aigw_attempt_flows=off"],
+                "metrics+log": [f"aigw_access_log={log}", "aigw_attempt_flows=off"],
+                "+attempt flows": [f"aigw_access_log={log}", "aigw_attempt_flows=on"]}
+    systems = {name: b.gateway(f"obs-{i}", data, options=opts) for i, (name, opts) in enumerate(variants.items())}
+    rows: dict[str, list[dict]] = {}
+    for _ in range(max(args.rounds, 2)):
+        for name, s in systems.items():
+            rows.setdefault(name, []).append(measure(args, s, "/v1/chat/completions", gateway_headers(key, "oa"),
+                                                     openai_body(args.stream)).as_dict())
+    out = {k: _median_row(v) for k, v in rows.items()}
+    lean = out["lean"]
+    for name, r in out.items():
+        r["rps_vs_lean"] = round(r["rps"] / lean["rps"], 3) if lean["rps"] else 0.0
+        r["cpu_vs_lean"] = round(r["cpu_ms_per_req"] / lean["cpu_ms_per_req"], 3) if lean["cpu_ms_per_req"] else 0.0
+    return out
+
+
 def streams_burst(b: Bench, args, data: Path) -> dict:
     import bench_streams
     paced = b.mock("slow", "--chunk-delay", str(args.streams_chunk_delay))
@@ -343,6 +371,11 @@ def render(res: dict) -> str:
     if "invalid_keys" in res:
         r = res["invalid_keys"]
         lines.append(f"invalid-key flood: {r['rps']:.0f} refusals/s, CPU {r['cpu_ms_per_req']:.3f} ms each")
+    if "observability" in res:
+        lines.append("observability cost (openai scenario, medians of alternated rounds):")
+        for name, r in res["observability"].items():
+            lines.append(f"  {name:15s} {r['rps']:8.1f} req/s ({r['rps_vs_lean']:.3f} x lean)  CPU "
+                         f"{r['cpu_ms_per_req']:.3f} ms/req ({r['cpu_vs_lean']:.3f} x lean)")
     if "streams_burst" in res:
         lines.append("streams burst: " + json.dumps(res["streams_burst"]))
     if "peers" in res:
@@ -365,6 +398,8 @@ def main() -> int:
     p.add_argument("--fidelity", action="store_true", help="check chunk fidelity (on by default with --stream)")
     p.add_argument("--failover-cost", action="store_true", help="requests that fail over once (exit 1 over budget)")
     p.add_argument("--invalid-keys", action="store_true", help="a flood of unknown gateway keys")
+    p.add_argument("--observability-cost", action="store_true",
+                   help="the gateway lean, with metrics + access log, and with attempt flows too")
     p.add_argument("--streams", type=int, default=0, metavar="N", help="N concurrent streams opened in a burst")
     p.add_argument("--burst", type=float, default=2.0, help="seconds over which --streams are opened")
     p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")
