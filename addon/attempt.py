@@ -19,6 +19,7 @@ import enum
 import logging
 import time
 from collections.abc import Mapping
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -194,13 +195,19 @@ async def run(req: AttemptRequest, client: UpstreamClient) -> Outcome:
         return broken(req, f"unexpected {type(exc).__name__}", exc)
 
 
+@lru_cache(maxsize=4096)
+def _stored_path_problem(path: str) -> str | None:
+    """path_problem for configured target paths (a bounded set): checked once, not on every request."""
+    return path_problem(path)
+
+
 def build_call(req: AttemptRequest) -> Attempt:
     """The HTTP call of one attempt. GatewayError(400): the caller's request does not suit this target; any
     other GatewayError: the stored target cannot be called."""
     target, inbound = req.target, req.inbound
     origin = target_origin(target)  # a stored host the admin API refuses fails before anything is built
     target_path = target.path
-    problem = path_problem(target_path) if target_path else None
+    problem = _stored_path_problem(target_path) if target_path else None
     if problem:
         raise GatewayError(502, "api_error", f"target misconfigured: {problem}")
     if req.translated:

@@ -207,7 +207,7 @@ class Dispatcher:
             record.requested_model, record.stream = canon.model, canon.stream
         failover = upstream.failover if upstream is not None else DEFAULT_FAILOVER
         inbound = Inbound(method=method, path=path, headers=headers, body=body, rule=route.rule, canon=canon,
-                          gateway_key=routing.client_key(headers))
+                          gateway_key=route.presented_key)
         return RequestContext(ingress=ingress, route=route, inbound=inbound, scope=scope, targets=targets,
                               fail_open=fail_open, policy=policy, sticky_key=sticky, failover=failover,
                               deadline=time.monotonic() + (failover.total_timeout or float("inf")), record=record)

@@ -25,6 +25,7 @@ class Route:
     rule: Rule
     service: Service
     upstream: Upstream | None  # None for an `endpoint` service (one fixed, untranslated target)
+    presented_key: str = ""    # the gateway key the caller sent (never forwarded; read once, here)
 
 
 KEY_HEADERS = ("x-tg-api-key", "x-api-key")  # X-TG-API-Key: what TrustGate's own guide sends
@@ -98,7 +99,7 @@ def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: 
         upstream = snapshot.upstream(service.upstream_id)
         if upstream is None or not upstream.targets:
             raise GatewayError(503, "unavailable", "The service's upstream has no targets.")
-    return Route(gateway=gateway, key=key, rule=rule, service=service, upstream=upstream)
+    return Route(gateway=gateway, key=key, rule=rule, service=service, upstream=upstream, presented_key=presented)
 
 
 # What a request path may hold: RFC 3986 pchar and "/" (percent-escapes checked separately).

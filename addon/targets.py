@@ -7,6 +7,8 @@ as built (`UpstreamClient.send` uses `URL(..., encoded=True)`). See docs/archite
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from collections.abc import Mapping
 
 import providers
@@ -26,11 +28,17 @@ def endpoint_target(service: Service) -> Target:
                                   path=service.path)
 
 
+@lru_cache(maxsize=4096)
+def _stored_host_problem(host: str) -> str | None:
+    """host_problem for configured hosts (a bounded set): checked once, not on every request."""
+    return host_problem(host)
+
+
 def target_origin(target: Target) -> Origin:
     """(scheme, host, port) of a target. A stored host that is no bare name or IP address (a record written
     before the admin API checked hosts) raises GatewayError(502): for the dispatcher, a failed attempt."""
     if target.host:
-        problem = host_problem(target.host)
+        problem = _stored_host_problem(target.host)
         if problem:
             raise GatewayError(502, "api_error", f"target misconfigured: {problem}")
         scheme = target.protocol or "https"

@@ -68,9 +68,16 @@ def usage_path_for(store_path: str | os.PathLike[str]) -> str:
     return os.fspath(store_path) + USAGE_SUFFIX
 
 
+_last_day: tuple[int, str] = (-1, "")  # (days since the epoch, its YYYY-MM-DD): one datetime per day, not per call
+
+
 def utc_day(epoch: float) -> str:
     """The UTC day of an epoch time, ``YYYY-MM-DD``."""
-    return datetime.fromtimestamp(epoch, timezone.utc).date().isoformat()
+    global _last_day
+    n = int(epoch // 86400)
+    if n != _last_day[0]:
+        _last_day = (n, datetime.fromtimestamp(n * 86400, timezone.utc).date().isoformat())
+    return _last_day[1]
 
 
 def parse_day(text: str) -> date:
