@@ -333,8 +333,21 @@ def streams_burst(b: Bench, args, data: Path) -> dict:
 
 
 def peers(b: Bench, args, mock_port: int) -> dict:
+    """Portkey and LiteLLM on the same mock, with the same load (installed into a cache on first use)."""
     import bench_peers
-    return bench_peers.measure_all(mock_port, b.tmp, args, measure_fn=measure)
+    out: dict = {}
+    for peer in bench_peers.peers(mock_port, b.tmp, args.peer_names):
+        try:
+            with peer:
+                for t in peer.targets:
+                    raw = json.dumps(dict(t.body, stream=args.stream)).encode()
+                    r = load(t.url, t.headers, raw, concurrency=args.concurrency, duration=args.duration,
+                             warmup=args.warmup, pid=peer.pid, engine=args.engine)
+                    out[t.name] = r.as_dict() | {"version": peer.version,
+                                                 "scenario": "xlate" if "Anthropic" in t.name else "openai"}
+        except bench_peers.PeerUnavailable as err:
+            out[peer.name] = {"unavailable": str(err)}
+    return out
 
 
 # --- output ---------------------------------------------------------------------------------------------------
@@ -379,7 +392,18 @@ def render(res: dict) -> str:
     if "streams_burst" in res:
         lines.append("streams burst: " + json.dumps(res["streams_burst"]))
     if "peers" in res:
-        lines.extend(res["peers"].get("table", []))
+        lines.append("")
+        lines.append(f"{'peer (same mock, same load)':34s} {'req/s':>8s} {'x aigw':>7s} {'x bare':>7s} {'p50 ms':>8s} "
+                     f"{'CPU ms/req':>10s} {'errors':>6s} {'RSS MiB':>7s}")
+        for name, r in res["peers"].items():
+            if "unavailable" in r:
+                lines.append(f"{name:34s} skipped: {r['unavailable']}")
+                continue
+            rows = res["scenarios"].get(r["scenario"], {})
+            aigw, bare = rows.get("aigw", {}).get("rps"), rows.get("bare", {}).get("rps")
+            lines.append(f"{name + ' ' + r['version']:34s} {r['rps']:8.1f} {r['rps'] / aigw if aigw else 0:7.3f} "
+                         f"{r['rps'] / bare if bare else 0:7.3f} {r['p50_ms']:8.2f} {r['cpu_ms_per_req']:10.3f} "
+                         f"{r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
     return "\n".join(lines)
 
 
@@ -405,6 +429,7 @@ def main() -> int:
     p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")
     p.add_argument("--streams-chunk-delay", type=float, default=0.5)
     p.add_argument("--peers", action="store_true", help="also run Portkey and LiteLLM (installed on first use)")
+    p.add_argument("--peer-names", nargs="*", default=None, help="which peers (default: portkey litellm)")
     p.add_argument("--set", action="append", metavar="OPTION=VALUE",
                    help="an aigw option for the gateway under test (e.g. aigw_access_log=/tmp/a.log); repeatable")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
