@@ -24,7 +24,7 @@ import providers
 from addon.dispatch import Dispatcher, Settings
 from addon.bodies import decode_body
 from addon.ingress import Ingress, Limits, mask_query
-from addon import wire
+from addon import capacity, wire
 from addon.accesslog import AccessLog
 from addon.metrics import Metrics, SnapshotModels
 from addon.metrics_server import MetricsServer, parse_listen
@@ -85,8 +85,9 @@ class GatewayAddon:
         self.dispatcher: Dispatcher | None = None
         self._started = False
         self._prober: asyncio.Task | None = None
-        # Relayed streams in progress: flow id → (client connection id, stop function).
+        # Relayed streams in progress: flow id → (client connection id, stop function), and by client connection.
         self._streams: dict[str, tuple[str, object]] = {}
+        self._streams_of: dict[str, set[str]] = {}
         # The caller's request of a flow pointed at the relay, by flow id, until the relay's answer arrives.
         self._callers: dict[str, http.Request] = {}
         # What _redact masked at requestheaders, by flow id, until the dispatcher has used it (never in the flow).
@@ -200,6 +201,8 @@ class GatewayAddon:
             opts.keep_host_header = True
 
     def running(self) -> None:
+        # Open-files limit, accept queues of mitmproxy's listening sockets: a burst of thousands of streams.
+        capacity.install(ctx.master)
         if not self._started and self.live is not None:
             self._started = True
             self.live.start(_spawn)
@@ -307,6 +310,7 @@ class GatewayAddon:
             return
         if reply.cancel is not None:
             self._streams[flow.id] = (flow.client_conn.id, reply.cancel)
+            self._streams_of.setdefault(flow.client_conn.id, set()).add(flow.id)
         # Stream: mitmproxy streams only what a server sends, so the flow goes to the relay, which answers with
         # the reply's status and headers. The request mitmproxy sends there is a copy; the caller's is put back
         # once the relay's answer arrived (responseheaders), so mitmweb shows what the caller sent.
@@ -329,7 +333,7 @@ class GatewayAddon:
     def response(self, flow: http.HTTPFlow) -> None:
         if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
             return
-        self._streams.pop(flow.id, None)
+        self._stream_ended(flow)
         self._concealed.pop(flow.id, None)
         self._callers.pop(flow.id, None)
         self.ingress.response(flow)
@@ -337,7 +341,7 @@ class GatewayAddon:
     def error(self, flow: http.HTTPFlow) -> None:
         if wire.is_attempt_flow(flow):  # an upstream attempt shown as a flow (addon/wire.py)
             return
-        stream = self._streams.pop(flow.id, None)
+        stream = self._stream_ended(flow)
         if stream is not None:
             stream[1]()
         self._concealed.pop(flow.id, None)
@@ -349,10 +353,21 @@ class GatewayAddon:
     def client_disconnected(self, client) -> None:
         self.ingress.client_disconnected(client)
         # mitmproxy may keep reading a relayed stream after its caller left; stop it at the source.
-        for flow_id, (client_id, stop) in list(self._streams.items()):
-            if client_id == client.id:
-                del self._streams[flow_id]
-                stop()
+        for flow_id in self._streams_of.pop(client.id, ()):
+            stream = self._streams.pop(flow_id, None)
+            if stream is not None:
+                stream[1]()
+
+    def _stream_ended(self, flow: http.HTTPFlow) -> tuple[str, object] | None:
+        """Forget a relayed stream (its response or error arrived); what was kept for it, if anything."""
+        stream = self._streams.pop(flow.id, None)
+        if stream is not None:
+            flows = self._streams_of.get(stream[0])
+            if flows is not None:
+                flows.discard(flow.id)
+                if not flows:
+                    del self._streams_of[stream[0]]
+        return stream
 
     @staticmethod
     def _redact(flow: http.HTTPFlow) -> dict | None:

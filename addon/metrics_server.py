@@ -36,6 +36,7 @@ class _Quiet(WSGIRequestHandler):
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 refuses a burst of scrapers and probes
 
     def server_bind(self) -> None:
         TCPServer.server_bind(self)  # not HTTPServer's: its getfqdn() may wait on a reverse DNS lookup

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from http.client import responses as REASON_PHRASES
 from typing import Awaitable, Callable
 
+from addon.capacity import widen_backlog
+
 log = logging.getLogger("aigw.relay")
 
 # pump(write) streams the body: it awaits write(bytes) for every piece and returns when the body is complete.
@@ -42,7 +44,7 @@ def _head(parked: Parked) -> bytes:
 
 
 class Relay:
-    def __init__(self, *, unclaimed_ttl: float = 30.0) -> None:
+    def __init__(self, *, unclaimed_ttl: float = 120.0) -> None:
         self._parked: dict[str, Parked] = {}
         self._server: asyncio.AbstractServer | None = None
         self._janitor: asyncio.Task | None = None
@@ -56,6 +58,10 @@ class Relay:
             async with self._starting:
                 if self._server is None:
                     server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=65536)
+                    # asyncio listens with a backlog of 100, which a burst of streams overflows (addon/capacity.py).
+                    # Widened in place, not with start_server(backlog=): asyncio also takes that number as the
+                    # accept() calls per wake-up, and out of file descriptors it logs an error for each one.
+                    widen_backlog(server.sockets)
                     self.port = server.sockets[0].getsockname()[1]
                     self._janitor = asyncio.get_running_loop().create_task(self._sweep())
                     self._server = server
@@ -79,7 +85,8 @@ class Relay:
         return token
 
     async def _sweep(self) -> None:
-        # mitmproxy claims a token within milliseconds; one left longer means the client went away.
+        # mitmproxy claims a token within milliseconds, or tens of seconds when a burst of thousands of streams
+        # saturates the event loop; one left longer than that means the client went away.
         while True:
             await asyncio.sleep(self._unclaimed_ttl / 3)
             cutoff = time.monotonic() - self._unclaimed_ttl

@@ -36,7 +36,10 @@ class Attempt:
 class UpstreamClient:
     """Owns the shared aiohttp session (keep-alive pool) and sends single calls."""
 
-    def __init__(self, *, limit: int = 1000, limit_per_host: int = 0) -> None:
+    # No pool limit by default (0): every held stream holds its connection, so a limit below the streams the
+    # process holds queues the rest inside aiohttp, which counts that wait in connect_timeout — they fail (504)
+    # instead of waiting. The open-files limit (addon/capacity.py) is what bounds connections.
+    def __init__(self, *, limit: int = 0, limit_per_host: int = 0) -> None:
         self._limit = limit
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None

@@ -195,9 +195,10 @@ def run(args) -> dict:
         keys = {"oa": configure_gateway(data, mock_port, subdomain="oa", provider="openai"),
                 "an": configure_gateway(data, mock_port, subdomain="an", provider="anthropic")}
         systems = [b.mitmdump("bare", "--mode", f"reverse:http://127.0.0.1:{mock_port}"), b.gateway("aigw", data)]
-        if args.baseline:
-            tree = Path(args.baseline).resolve()
-            systems.append(b.gateway("base", data, tree, env={"PYTHONPATH": str(tree)}))
+        for i, spec in enumerate(args.baseline or []):
+            path, _, label = spec.partition("=")
+            tree = Path(path).resolve()
+            systems.append(b.gateway(label or f"base{i + 1}", data, tree, env={"PYTHONPATH": str(tree)}))
         bare = systems[0]
         result: dict = {"machine": machine(), "concurrency": args.concurrency, "duration_s": args.duration,
                         "engine": args.engine, "stream": args.stream, "realistic": args.realistic, "scenarios": {}}
@@ -323,13 +324,20 @@ def observability_cost(b: Bench, args, data: Path, key: str) -> dict:
 
 
 def streams_burst(b: Bench, args, data: Path) -> dict:
+    """--streams N concurrent streams (translated OpenAI→Anthropic) opened over --burst seconds and held: a paced
+    mock (12 words, --streams-chunk-delay between events) keeps each open for tens of seconds."""
     import bench_streams
-    paced = b.mock("slow", "--chunk-delay", str(args.streams_chunk_delay))
+    words = " ".join(f"word{i}" for i in range(12))
+    paced = b.mock("slow", "--chunk-delay", str(args.streams_chunk_delay), "--reply", words)
     key = configure_gateway(data, paced, subdomain="slow", provider="anthropic")
-    gw = b.gateway("aigw-streams", data)
-    return bench_streams.run_burst(gw.base + "/v1/chat/completions", gateway_headers(key, "slow"),
-                                   openai_body(True), pid=gw.pid, streams=args.streams, burst_s=args.burst,
-                                   soak_s=args.soak)
+    gw = b.gateway("aigw-streams", data, options=["aigw_attempt_flows=off"])
+    res = bench_streams.run_streams_in_child(gw.base + "/v1/chat/completions", gateway_headers(key, "slow"),
+                                             openai_body(True), streams=args.streams, burst=args.burst,
+                                             soak=args.soak, pid=gw.pid, stream_timeout=300.0)
+    out = res.as_dict()
+    out.pop("rss_samples", None)
+    out["error_count"] = res.error_count
+    return out
 
 
 def peers(b: Bench, args, mock_port: int) -> dict:
@@ -355,14 +363,14 @@ def render(res: dict) -> str:
     lines = [f"machine: {res['machine']}",
              f"load: {res['engine']} engine, c={res['concurrency']}, {res['duration_s']:g} s per system"
              f"{', stream' if res['stream'] else ', non-stream'}{', realistic requests' if res['realistic'] else ''}",
-             "", f"{'scenario':9s} {'system':6s} {'req/s':>8s} {'x bare':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
+             "", f"{'scenario':9s} {'system':8s} {'req/s':>8s} {'x bare':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
                  f"{'CPU ms/req':>10s} {'x bare':>7s} {'errors':>6s} {'RSS MiB':>7s}"]
     for name, rows in res["scenarios"].items():
         bare = rows.get("bare")
         for sysname, r in rows.items():
             x = r["rps"] / bare["rps"] if bare and bare["rps"] else 0
             xc = r["cpu_ms_per_req"] / bare["cpu_ms_per_req"] if bare and bare["cpu_ms_per_req"] else 0
-            lines.append(f"{name:9s} {sysname:6s} {r['rps']:8.1f} {x:7.3f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
+            lines.append(f"{name:9s} {sysname:8s} {r['rps']:8.1f} {x:7.3f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
                          f"{r['cpu_ms_per_req']:10.3f} {xc:7.3f} {r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
     for kind, row in res.get("latency_c1", {}).items():
         d = row["direct"]
@@ -390,7 +398,11 @@ def render(res: dict) -> str:
             lines.append(f"  {name:15s} {r['rps']:8.1f} req/s ({r['rps_vs_lean']:.3f} x lean)  CPU "
                          f"{r['cpu_ms_per_req']:.3f} ms/req ({r['cpu_vs_lean']:.3f} x lean)")
     if "streams_burst" in res:
-        lines.append("streams burst: " + json.dumps(res["streams_burst"]))
+        r = res["streams_burst"]
+        lines.append(f"{r['streams']} concurrent streams opened over {r['burst_s']:g} s, held {r['soak_s']:g} s: "
+                     f"{r['completed']} completed, errors {r['error_count']} {r['errors'] or ''}, all connected in "
+                     f"{r['connect_all_s']:.1f} s, peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB, soak growth "
+                     f"{r['soak_growth_kb'] / 1024:+.1f} MiB")
     if "peers" in res:
         lines.append("")
         lines.append(f"{'peer (same mock, same load)':34s} {'req/s':>8s} {'x aigw':>7s} {'x bare':>7s} {'p50 ms':>8s} "
@@ -417,7 +429,9 @@ def main() -> int:
     p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
     p.add_argument("--realistic", action="store_true", help="SDK-like headers and a gzip multi-turn body")
     p.add_argument("--only", nargs="*", choices=("openai", "xlate"), help="scenarios to run (default: both)")
-    p.add_argument("--baseline", metavar="DIR", help="also run the addon from another source tree")
+    p.add_argument("--baseline", metavar="DIR[=NAME]", action="append",
+                   help="also run the addon from another source tree (repeatable), e.g. from "
+                        "`git archive <rev> | tar -x -C DIR`")
     p.add_argument("--latency-count", type=int, default=200, help="requests for the c=1 latency probe")
     p.add_argument("--fidelity", action="store_true", help="check chunk fidelity (on by default with --stream)")
     p.add_argument("--failover-cost", action="store_true", help="requests that fail over once (exit 1 over budget)")
@@ -427,7 +441,7 @@ def main() -> int:
     p.add_argument("--streams", type=int, default=0, metavar="N", help="N concurrent streams opened in a burst")
     p.add_argument("--burst", type=float, default=2.0, help="seconds over which --streams are opened")
     p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")
-    p.add_argument("--streams-chunk-delay", type=float, default=0.5)
+    p.add_argument("--streams-chunk-delay", type=float, default=5.0, help="seconds between the paced mock's events")
     p.add_argument("--peers", action="store_true", help="also run Portkey and LiteLLM (installed on first use)")
     p.add_argument("--peer-names", nargs="*", default=None, help="which peers (default: portkey litellm)")
     p.add_argument("--set", action="append", metavar="OPTION=VALUE",
