@@ -23,8 +23,8 @@ from mitmproxy.utils.asyncio_utils import create_task
 import providers
 from addon.dispatch import Dispatcher, Settings
 from addon.bodies import decode_body
-from addon.ingress import Ingress, Limits, mask_query
-from addon import capacity, wire
+from addon.ingress import Ingress, mask_query
+from addon import capacity, options, wire
 from addon.accesslog import AccessLog
 from addon.metrics import Metrics, SnapshotModels
 from addon.metrics_server import MetricsServer, parse_listen
@@ -41,40 +41,6 @@ log = logging.getLogger("aigw")
 
 def _spawn(coro, *, name: str) -> asyncio.Task:
     return create_task(coro, name=name, keep_ref=True)
-
-
-def _attempt_flows(opts) -> bool:
-    mode = opts.aigw_attempt_flows.strip().lower()
-    if mode not in ("auto", "on", "off"):
-        raise exceptions.OptionsError("aigw_attempt_flows must be on, off or auto")
-    if mode == "auto":
-        return bool(opts.save_stream_file) or _under_mitmweb()
-    return mode == "on"
-
-
-def _under_mitmweb() -> bool:
-    try:
-        return ctx.master.addons.get("webaddon") is not None
-    except AttributeError:
-        return False
-
-
-_LIMIT_OPTIONS = frozenset({"aigw_max_headers", "aigw_max_header_bytes", "aigw_max_body", "aigw_client_timeout"})
-
-
-def _limits(opts) -> Limits:
-    """The ingress limits from the options, or OptionsError naming the bad one (mitmproxy keeps the old value)."""
-    for name in ("aigw_max_body", "aigw_max_headers", "aigw_max_header_bytes"):
-        if getattr(opts, name) <= 0:  # one loop over option names: getattr is the option lookup
-            raise exceptions.OptionsError(f"{name} must be positive")
-    try:
-        client_timeout = float(opts.aigw_client_timeout)
-    except ValueError:
-        client_timeout = -1.0
-    if not 0 <= client_timeout < float("inf"):
-        raise exceptions.OptionsError("aigw_client_timeout must be a number of seconds, 0 (no limit) or more")
-    return Limits(max_headers=opts.aigw_max_headers, max_header_bytes=opts.aigw_max_header_bytes,
-                  max_body=opts.aigw_max_body, client_timeout=client_timeout)
 
 
 class GatewayAddon:
@@ -120,36 +86,13 @@ class GatewayAddon:
 
     # -- lifecycle (sync hooks; docs/architecture.md) --------------------------------------------------------------
     def load(self, loader) -> None:
-        loader.add_option("aigw_data", str, os.environ.get("AIGW_DATA", "data/aigw.json"),
-                          "aigw: path of the configuration store (TinyDB JSON file) written by the admin API.")
-        loader.add_option("aigw_base_domain", str, os.environ.get("AIGW_BASE_DOMAIN", ""),
-                          "aigw: base domain; the Host label before it names the gateway (empty: first label).")
-        loader.add_option("aigw_max_body", int, 10 * 1024 * 1024,
-                          "aigw: largest request body accepted, in bytes (larger: 413), also once decoded.")
-        loader.add_option("aigw_max_headers", int, 256,
-                          "aigw: most request header fields accepted (more: 431).")
-        loader.add_option("aigw_max_header_bytes", int, 64 * 1024,
-                          "aigw: largest total size of the request header fields, in bytes (larger: 431).")
-        # A string holding a number: mitmproxy's --set parses no float options.
-        loader.add_option("aigw_attempt_flows", str, "auto",
-                          "aigw: show every upstream attempt as its own flow, as sent and as answered, credentials "
-                          "masked: on, off, or auto (on under mitmweb or with a flow file, -w).")
-        loader.add_option("aigw_metrics_listen", str, os.environ.get("AIGW_METRICS_LISTEN", "127.0.0.1:9464"),
-                          "aigw: host:port of the Prometheus metrics listener (/metrics, /livez, /readyz), never the "
-                          "proxy port; port 0 picks a free one; empty: no listener.")
-        loader.add_option("aigw_access_log", str, os.environ.get("AIGW_ACCESS_LOG", ""),
-                          "aigw: one JSON line per request: '-' for stdout, a file path, or empty for none.")
-        loader.add_option("aigw_log_bodies", bool, False,
-                          "aigw: debug only — also put request and answer bodies (prompts!) in the access log.")
-        loader.add_option("aigw_client_timeout", str, "60",
-                          "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
-                          "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
+        options.register(loader)
 
     def configure(self, updated: set[str]) -> None:
         """React to the options that changed (mitmproxy calls this at start with every option, then per change)."""
         opts = ctx.options
-        if updated & _LIMIT_OPTIONS:
-            self.ingress.limits = _limits(opts)
+        if updated & options.LIMIT_OPTIONS:
+            self.ingress.limits = options.limits(opts)
         if updated & {"aigw_max_body", "body_size_limit"}:
             # mitmproxy buffers a request body before the request hook: it must stop reading at aigw_max_body
             # (a chunked body has no Content-Length to refuse early). The addon answers in the caller's format.
@@ -173,7 +116,7 @@ class GatewayAddon:
                     self.usage.start()
         if updated & {"aigw_data", "aigw_base_domain", "aigw_max_body", "aigw_attempt_flows", "save_stream_file"}:
             settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body,
-                                attempt_flows=_attempt_flows(opts))
+                                attempt_flows=options.attempt_flows(opts))
             self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings, self._observe)
         if "aigw_metrics_listen" in updated:
             try:

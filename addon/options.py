@@ -1,0 +1,74 @@
+"""The addon's options: their registration (mitmproxy `load`) and how their values are read and checked.
+
+Every option is `aigw_*`; README.md ("Running under mitmdump or mitmweb directly") and docs/observability.md list
+them. A bad value raises `OptionsError`, which mitmproxy reports while keeping the old value.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mitmproxy import ctx, exceptions
+
+from addon.ingress import Limits
+
+
+def register(loader) -> None:
+    loader.add_option("aigw_data", str, os.environ.get("AIGW_DATA", "data/aigw.json"),
+                      "aigw: path of the configuration store (TinyDB JSON file) written by the admin API.")
+    loader.add_option("aigw_base_domain", str, os.environ.get("AIGW_BASE_DOMAIN", ""),
+                      "aigw: base domain; the Host label before it names the gateway (empty: first label).")
+    loader.add_option("aigw_max_body", int, 10 * 1024 * 1024,
+                      "aigw: largest request body accepted, in bytes (larger: 413), also once decoded.")
+    loader.add_option("aigw_max_headers", int, 256,
+                      "aigw: most request header fields accepted (more: 431).")
+    loader.add_option("aigw_max_header_bytes", int, 64 * 1024,
+                      "aigw: largest total size of the request header fields, in bytes (larger: 431).")
+    loader.add_option("aigw_attempt_flows", str, "auto",
+                      "aigw: show every upstream attempt as its own flow, as sent and as answered, credentials "
+                      "masked: on, off, or auto (on under mitmweb or with a flow file, -w).")
+    loader.add_option("aigw_metrics_listen", str, os.environ.get("AIGW_METRICS_LISTEN", "127.0.0.1:9464"),
+                      "aigw: host:port of the Prometheus metrics listener (/metrics, /livez, /readyz), never the "
+                      "proxy port; port 0 picks a free one; empty: no listener.")
+    loader.add_option("aigw_access_log", str, os.environ.get("AIGW_ACCESS_LOG", ""),
+                      "aigw: one JSON line per request: '-' for stdout, a file path, or empty for none.")
+    loader.add_option("aigw_log_bodies", bool, False,
+                      "aigw: debug only — also put request and answer bodies (prompts!) in the access log.")
+    # A string holding a number: mitmproxy's --set parses no float options.
+    loader.add_option("aigw_client_timeout", str, "60",
+                      "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
+                      "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
+
+
+def attempt_flows(opts) -> bool:
+    mode = opts.aigw_attempt_flows.strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise exceptions.OptionsError("aigw_attempt_flows must be on, off or auto")
+    if mode == "auto":
+        return bool(opts.save_stream_file) or under_mitmweb()
+    return mode == "on"
+
+
+def under_mitmweb() -> bool:
+    try:
+        return ctx.master.addons.get("webaddon") is not None
+    except AttributeError:
+        return False
+
+
+LIMIT_OPTIONS = frozenset({"aigw_max_headers", "aigw_max_header_bytes", "aigw_max_body", "aigw_client_timeout"})
+
+
+def limits(opts) -> Limits:
+    """The ingress limits from the options, or OptionsError naming the bad one (mitmproxy keeps the old value)."""
+    for name in ("aigw_max_body", "aigw_max_headers", "aigw_max_header_bytes"):
+        if getattr(opts, name) <= 0:  # one loop over option names: getattr is the option lookup
+            raise exceptions.OptionsError(f"{name} must be positive")
+    try:
+        client_timeout = float(opts.aigw_client_timeout)
+    except ValueError:
+        client_timeout = -1.0
+    if not 0 <= client_timeout < float("inf"):
+        raise exceptions.OptionsError("aigw_client_timeout must be a number of seconds, 0 (no limit) or more")
+    return Limits(max_headers=opts.aigw_max_headers, max_header_bytes=opts.aigw_max_header_bytes,
+                  max_body=opts.aigw_max_body, client_timeout=client_timeout)
