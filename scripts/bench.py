@@ -391,7 +391,8 @@ def render(res: dict) -> str:
                      f"{'ok' if f['within_budget'] else 'OVER'})")
     if "invalid_keys" in res:
         r = res["invalid_keys"]
-        lines.append(f"invalid-key flood: {r['rps']:.0f} refusals/s, CPU {r['cpu_ms_per_req']:.3f} ms each")
+        lines.append(f"invalid-key flood: {r['answered_rps']:.0f} refusals/s (401), CPU {r['cpu_ms_per_req']:.3f} ms "
+                     f"each")
     if "observability" in res:
         lines.append("observability cost (openai scenario, medians of alternated rounds):")
         for name, r in res["observability"].items():

@@ -29,9 +29,10 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class LoadResult:
-    requests: int = 0
-    errors: int = 0
+    requests: int = 0             # 2xx answers
+    errors: int = 0               # socket errors, time-outs and non-2xx answers
     rps: float = 0.0
+    answered_rps: float = 0.0     # every HTTP answer, whatever its status (a flood of refused requests)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     cpu_s: float = 0.0            # CPU seconds the measured process used during the measured run
@@ -110,8 +111,11 @@ def wrk_load(url: str, headers: dict[str, str], body: bytes, *, concurrency: int
         os.unlink(script)
     errors = s["connect"] + s["read"] + s["write"] + s["status"] + s["timeout"]
     ok = max(0, s["requests"] - s["status"])
+    answered = s["requests"]
     return LoadResult(requests=ok, errors=errors, rps=ok / (s["duration_us"] / 1e6), p50_ms=s["p50_us"] / 1000,
-                      p99_ms=s["p99_us"] / 1000, cpu_s=cpu, cpu_ms_per_req=1000 * cpu / ok if ok else 0.0,
+                      answered_rps=answered / (s["duration_us"] / 1e6),
+                      p99_ms=s["p99_us"] / 1000, cpu_s=cpu,
+                      cpu_ms_per_req=1000 * cpu / (ok or answered) if (ok or answered) else 0.0,
                       rss_kb=peak_rss_kb(pid) if pid else 0, engine="wrk")
 
 
