@@ -89,8 +89,6 @@ class Tally:
     reasons: list[Reason] = field(default_factory=list)
     retry_afters: list[float] = field(default_factory=list)
     unsupported: GatewayError | None = None
-    upstream_seconds: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -243,7 +241,6 @@ class Dispatcher:
             raise tally.unsupported
         err = exhausted(tally.reasons, tally.retry_afters, tally.attempts)
         ctx.record.error_class, ctx.record.fail_open = err.kind, ctx.fail_open
-        ctx.record.upstream_s = tally.upstream_seconds
         return self._annotate(error_response(ctx.ingress, err), tally.attempts, ctx.fail_open)
 
     async def _try(self, ctx: RequestContext, req: AttemptRequest, lease: Lease, tally: Tally) -> Reply | None:
@@ -262,7 +259,7 @@ class Dispatcher:
             attempts.append(AttemptRecord(req.target.id, label, "unsupported", None, 0.0, req.wire))
             return None
         spent = time.perf_counter() - t_attempt
-        tally.upstream_seconds += spent
+        ctx.record.upstream_s += spent
         if isinstance(outcome, Failure):
             tally.attempts.append(f"{label}:{outcome.code}")
             moves_on = outcome.reason.trigger in ctx.failover.retry_on
@@ -323,9 +320,9 @@ class Dispatcher:
         reply.target_id = target.id
         record = ctx.record
         record.provider, record.target_id, record.fail_open = reply.provider, target.id, fail_open
-        record.upstream_s = tally.upstream_seconds
         record.pricing = target.pricing
-        overhead_ms = max(0.0, (time.perf_counter() - tally.started - tally.upstream_seconds) * 1000.0)
+        # The time so far minus the time spent waiting on providers (the record's overhead, up to now).
+        overhead_ms = max(0.0, (time.perf_counter() - record.started_mono - record.upstream_s) * 1000.0)
         reply.headers["X-Selected-Provider"] = reply.provider
         if reply.target_id:
             reply.headers["X-Selected-Target"] = str(reply.target_id)

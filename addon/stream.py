@@ -117,10 +117,10 @@ class RelayedStream:
             if self._on_end is not None:
                 self._on_end(record)
 
-    async def _first_write(self, write: Write, data: bytes) -> None:
+    def _first_content(self) -> None:
+        """The caller gets its first content now: the request's time to first token."""
         if self._record is not None and self._record.ttft_s is None:
             self._record.ttft_s = time.perf_counter() - self._record.started_mono
-        await write(data)
 
     async def pump(self, write: Write) -> None:
         """Relay the stream to the caller (the relay's `Parked.pump`)."""
@@ -150,7 +150,8 @@ class RelayedStream:
         translator, content, idle = opened.translator, opened.response.content, opened.idle_timeout
         wire = opened.wire
         if opened.buffered:
-            await self._first_write(write, opened.buffered)
+            self._first_content()
+            await write(opened.buffered)
         progress = time.monotonic()  # when the caller last got something
         while True:
             now = time.monotonic()
@@ -175,8 +176,8 @@ class RelayedStream:
             if translator is None:
                 if not chunk:
                     return True, ""
-                await (write(chunk) if self._record is None or self._record.ttft_s is not None
-                       else self._first_write(write, chunk))
+                self._first_content()
+                await write(chunk)
                 progress = time.monotonic()
                 continue
             if not chunk:
