@@ -32,7 +32,7 @@ from typing import Any
 
 from store.models import ALGORITHM_ALIASES, ALGORITHMS
 
-__all__ = ["ALGORITHMS", "Balancer", "Plan", "normalize_algorithm"]
+__all__ = ["ALGORITHMS", "Balancer", "Plan", "cheapest_first", "expected_cost", "normalize_algorithm"]
 
 
 VNODES_PER_TARGET = 100  # ring points for a target of average weight: keeps the key spread within a few %
@@ -57,6 +57,25 @@ class Plan:
 
     order: list
     fail_open: bool = False
+
+
+#: What a request is assumed to use when nothing better is known: (input, output) tokens.
+DEFAULT_EXPECTED = (1000, 500)
+
+
+def expected_cost(target: Any, expected: tuple[int, int] | None) -> float:
+    """What `target` would charge for the expected (input, output) tokens, from its ``pricing``; a target without
+    pricing costs infinitely much (an unknown price is not a low one), so it comes after every priced one."""
+    pricing = getattr(target, "pricing", None)
+    if pricing is None:
+        return float("inf")
+    tokens_in, tokens_out = expected or DEFAULT_EXPECTED
+    return tokens_in * pricing.input_per_million + tokens_out * pricing.output_per_million
+
+
+def cheapest_first(order: Sequence, expected: tuple[int, int] | None) -> list:
+    """A plan re-ordered cheapest first (stable: equal prices keep their order)."""
+    return sorted(order, key=lambda t: expected_cost(t, expected))
 
 
 def _hash64(text: str) -> int:
@@ -137,6 +156,7 @@ class Balancer:
         self._tiers = tuple(_Tier(by_priority[p]) for p in sorted(by_priority))
         self._all = [t for tier in self._tiers for t in tier.targets]
         self._pins: OrderedDict[str, tuple[Any, float]] = OrderedDict()  # sticky_key → (target id, expiry)
+        self._expected: tuple[int, int] | None = None  # the current plan's request (lowest-cost)
         self._rank = {
             "round-robin": self._rank_swrr,
             "weighted-round-robin": self._rank_swrr,
@@ -144,6 +164,7 @@ class Balancer:
             "least-connections": self._rank_least,
             "latency-aware": self._rank_latency,
             "sticky": self._rank_sticky,
+            "lowest-cost": self._rank_cost,
         }[self.algorithm]
 
     def inherit(self, previous: Balancer) -> None:
@@ -164,8 +185,11 @@ class Balancer:
         in_flight: Callable[[Any], int] = _zero,
         ewma: Callable[[Any], float | None] = _unknown,
         sticky_key: str | None = None,
+        expected: tuple[int, int] | None = None,
     ) -> Plan:
-        """Attempt order for one request. Calls `available` once per target; advances state once."""
+        """Attempt order for one request. Calls `available` once per target; advances state once.
+        ``expected``: the request's estimated (input, output) tokens (lowest-cost)."""
+        self._expected = expected
         order: list = []
         for tier in self._tiers:
             targets, weights = tier.targets, tier.weights
@@ -267,6 +291,13 @@ class Balancer:
         pick = b if self._rng.random() < EXPLORE_RATIO else a
         by_cost.remove(pick)
         return [pick, *by_cost]
+
+    def _rank_cost(self, tier: _Tier, idx: list[int], up, advance, in_flight, ewma, key) -> list[int]:
+        """Cheapest first for the request's expected tokens (``pricing``; unpriced targets last); the rest by
+        price as failover. Targets of equal price share the traffic by weight (SWRR among them)."""
+        order = self._rank_swrr(tier, idx, up, advance, in_flight, ewma, key)
+        expected, targets = self._expected, tier.targets
+        return sorted(order, key=lambda i: expected_cost(targets[i], expected))
 
     def _rank_sticky(self, tier: _Tier, idx: list[int], up, advance, in_flight, ewma, key) -> list[int]:
         """Consistent hashing on `sticky_key`, remembered: a key keeps going where it was last served for

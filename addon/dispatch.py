@@ -21,7 +21,9 @@ from typing import Callable
 import providers
 from addon import attempt, routing
 from addon.attempt import Answer, AttemptRequest, Failure, Inbound, Opened, Reason
+from addon.balancer import cheapest_first
 from addon.health import HealthPolicy
+from addon.limiter import LimitExceeded, Limiter, Ticket
 from addon.live import LiveConfig
 from addon.record import AttemptRecord, RequestRecord, TokenUsage
 from addon.relay import Parked, Relay
@@ -80,6 +82,7 @@ class RequestContext:
     failover: Failover
     deadline: float               # monotonic end of total_timeout
     record: RequestRecord         # what the request came to, filled as it goes
+    expected: tuple[int, int] | None = None  # estimated (input, output) tokens, for cost ordering
 
 
 @dataclass(slots=True)
@@ -124,6 +127,13 @@ def exhausted(reasons: list[Reason], retry_afters: list[float], attempts: list[s
     return GatewayError(502, "api_error", f"Every target failed (attempts: {chain}).")
 
 
+def expected_tokens(body: bytes) -> tuple[int, int]:
+    """A cheap estimate of a request's (input, output) tokens for cost ordering: about four bytes of JSON per
+    input token; the output is assumed half the input, between 64 and 1000."""
+    tokens_in = len(body) // 4 + 1
+    return tokens_in, min(1000, max(64, tokens_in // 2))
+
+
 def error_response(ingress: str | None, err: GatewayError) -> Reply:
     """A gateway error in the caller's format (OpenAI when the path names neither)."""
     r = providers.error_reply(ingress, err)
@@ -136,12 +146,13 @@ def _ignore(record: RequestRecord) -> None:
 
 class Dispatcher:
     def __init__(self, live: LiveConfig, client: UpstreamClient, relay: Relay, settings: Settings,
-                 observe: Observer = _ignore) -> None:
+                 observe: Observer = _ignore, limiter: Limiter | None = None) -> None:
         self.live = live
         self.client = client
         self.relay = relay
         self.settings = settings
         self.observe = observe
+        self.limiter = limiter  # None: no limits at all (unit tests of the failover loop)
 
     async def handle(self, *, method: str, path: str, host: str, headers: Mapping[str, str],
                      body: bytes | None, request_id: str = "") -> Reply:
@@ -154,6 +165,8 @@ class Dispatcher:
         except GatewayError as err:
             reply = error_response(ingress, err)
             record.error_class = err.kind
+            if isinstance(err, LimitExceeded):
+                reply.headers.update(err.headers)
         except Exception:
             # A bug must not leak mitmproxy's HTML error page (nor a traceback) to the caller.
             log.exception("aigw: unexpected error while handling %s %s", method, record.path)
@@ -170,6 +183,9 @@ class Dispatcher:
         record.duration_s = time.perf_counter() - record.started_mono
         if record.pricing is not None and record.usage.reported:
             record.cost = usage_cost(record.usage, record.pricing)
+        if record.ticket is not None and self.limiter is not None:
+            usage = record.usage
+            self.limiter.settle(record.ticket, usage.input_tokens + usage.output_tokens, record.cost)
         try:
             self.observe(record)
         except Exception:
@@ -190,12 +206,15 @@ class Dispatcher:
         record.key_id, record.key_prefix = route.key.id, route.key.key_prefix
         if upstream is not None:
             record.upstream_id, record.upstream = upstream.id, upstream.name
+        expected = None
         if upstream is None:
             targets, fail_open = [endpoint_target(route.service)], False
             policy, sticky, scope = None, None, route.service.id
         else:
             sticky = sticky_key(upstream, headers, route.key)
-            targets, fail_open = self.live.plan(upstream, sticky)
+            if upstream.algorithm == "lowest-cost" or self.limiter is not None and self._budgeted(route):
+                expected = expected_tokens(body)
+            targets, fail_open = self.live.plan(upstream, sticky, expected)
             if not targets:
                 raise GatewayError(503, "unavailable", "No target of this upstream is available.")
             policy, scope = self.live.policy(upstream), upstream.id
@@ -208,18 +227,29 @@ class Dispatcher:
                           gateway_key=route.presented_key)
         return RequestContext(ingress=ingress, route=route, inbound=inbound, scope=scope, targets=targets,
                               fail_open=fail_open, policy=policy, sticky_key=sticky, failover=failover,
-                              deadline=time.monotonic() + (failover.total_timeout or float("inf")), record=record)
+                              deadline=time.monotonic() + (failover.total_timeout or float("inf")), record=record,
+                              expected=expected)
+
+    def _budgeted(self, route: routing.Route) -> bool:
+        """Whether the key may switch to cheapest-first when its budget runs low."""
+        lim = self.limiter.key_limits(route.gateway, route.key) if self.limiter is not None else None
+        return lim is not None and lim.budget is not None and lim.budget.prefer_lowest_cost_below is not None
 
     async def _serve(self, ctx: RequestContext) -> Reply:
         """The failover loop: candidates in plan order, within max_attempts, the rule's retry_attempts and
         total_timeout."""
-        cap = len(ctx.targets)
+        limiter, targets = self.limiter, ctx.targets
+        if limiter is not None:
+            ticket = ctx.record.ticket = await limiter.admit(ctx.route.gateway, ctx.route.key, ctx.record.request_id)
+            if ticket is not None and ticket.cheapest_first:
+                targets = cheapest_first(targets, ctx.expected)
+        cap = len(targets)
         if ctx.route.rule.retry_attempts:
             cap = min(cap, ctx.route.rule.retry_attempts)
         if ctx.failover.max_attempts:
             cap = min(cap, ctx.failover.max_attempts)
         tally = Tally()
-        for target in ctx.targets[:cap]:
+        for target in targets[:cap]:
             remaining = ctx.deadline - time.monotonic()
             if remaining <= 0:
                 tally.reasons.append(Reason.TIMEOUT)
@@ -232,6 +262,8 @@ class Dispatcher:
             if lease is None:
                 continue
             with lease:
+                if limiter is not None and await self._limited(limiter, key, target, tally, ctx.record):
+                    continue
                 wire = WireCapture() if self.settings.attempt_flows else None
                 reply = await self._try(ctx, AttemptRequest(target, key, ctx.inbound, ctx.failover, remaining, wire),
                                         lease, tally)
@@ -241,7 +273,21 @@ class Dispatcher:
             raise tally.unsupported
         err = exhausted(tally.reasons, tally.retry_afters, tally.attempts)
         ctx.record.error_class, ctx.record.fail_open = err.kind, ctx.fail_open
-        return self._annotate(error_response(ctx.ingress, err), tally.attempts, ctx.fail_open)
+        return self._annotate(error_response(ctx.ingress, err), tally.attempts, ctx.fail_open, ctx.record.ticket)
+
+    @staticmethod
+    async def _limited(limiter: Limiter, key: str, target: Target, tally: Tally, record: RequestRecord) -> bool:
+        """Skip a target out of quota (its configured limits, or what its provider said) like an open circuit:
+        no request is sent and its health is untouched."""
+        wait = await limiter.take_target(key, target)
+        if wait is None:
+            return False
+        label = target.provider or "passthrough"
+        tally.attempts.append(f"{label}:limited")
+        tally.reasons.append(Reason.RATE_LIMITED)
+        tally.retry_afters.append(wait)
+        record.attempts.append(AttemptRecord(target.id, label, "limited", None, 0.0))
+        return True
 
     async def _try(self, ctx: RequestContext, req: AttemptRequest, lease: Lease, tally: Tally) -> Reply | None:
         """One candidate: the caller's reply, or None to move on to the next."""
@@ -260,6 +306,8 @@ class Dispatcher:
             return None
         spent = time.perf_counter() - t_attempt
         ctx.record.upstream_s += spent
+        if self.limiter is not None:
+            self.limiter.learn(req.key, outcome.headers)
         if isinstance(outcome, Failure):
             tally.attempts.append(f"{label}:{outcome.code}")
             moves_on = outcome.reason.trigger in ctx.failover.retry_on
@@ -321,13 +369,17 @@ class Dispatcher:
         record = ctx.record
         record.provider, record.target_id, record.fail_open = reply.provider, target.id, fail_open
         record.pricing = target.pricing
+        if target.limits is not None and target.limits.tokens is not None:
+            # The target's token window is debited with what this answer used, when it ends.
+            ticket = record.ticket = record.ticket or Ticket()
+            ticket.target_key, ticket.target_tokens = target_key(ctx.scope, target.id), target.limits.tokens
         # The time so far minus the time spent waiting on providers (the record's overhead, up to now).
         overhead_ms = max(0.0, (time.perf_counter() - record.started_mono - record.upstream_s) * 1000.0)
         reply.headers["X-Selected-Provider"] = reply.provider
         if reply.target_id:
             reply.headers["X-Selected-Target"] = str(reply.target_id)
         reply.headers["X-Gateway-Overhead-Ms"] = f"{overhead_ms:.2f}"
-        self._annotate(reply, tally.attempts, fail_open)
+        self._annotate(reply, tally.attempts, fail_open, record.ticket)
         if reply.stream is not None:
             # Parked with its final status and headers: the relay answers mitmproxy with exactly these.
             stream = reply.stream
@@ -337,8 +389,11 @@ class Dispatcher:
         return reply
 
     @staticmethod
-    def _annotate(reply: Reply, attempts: list[str], fail_open: bool) -> Reply:
-        """What every answer says about how it was obtained, served or not."""
+    def _annotate(reply: Reply, attempts: list[str], fail_open: bool, ticket: Ticket | None = None) -> Reply:
+        """What every answer says about how it was obtained, served or not (and, for a limited key, what is left
+        of its limits)."""
+        if ticket is not None:
+            reply.headers.update(ticket.answer_headers())
         reply.attempts = attempts
         reply.fail_open = fail_open
         reply.headers["X-Gateway-Attempts"] = ",".join(attempts)

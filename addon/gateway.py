@@ -28,6 +28,8 @@ from addon import capacity, options, wire
 from addon.accesslog import AccessLog
 from addon.metrics import Metrics, SnapshotModels
 from addon.metrics_server import MetricsServer, parse_listen
+from addon.limit_store import LimitStore, mask_url
+from addon.limiter import Limiter
 from addon.live import LiveConfig
 from addon.record import RequestRecord
 from addon.masking import KEY_HEADERS, mask_header_value, mask_once
@@ -43,12 +45,21 @@ def _spawn(coro, *, name: str) -> asyncio.Task:
     return create_task(coro, name=name, keep_ref=True)
 
 
+def _close_later(store: LimitStore) -> None:
+    """Close a replaced limit store's connections, when there is a loop to do it on."""
+    try:
+        asyncio.get_running_loop().create_task(store.close())
+    except RuntimeError:
+        pass
+
+
 class GatewayAddon:
     def __init__(self) -> None:
         self.live: LiveConfig | None = None
         self.relay = Relay()
         self.client = UpstreamClient()
         self.dispatcher: Dispatcher | None = None
+        self.limiter: Limiter | None = None  # keys' and targets' limits (addon/limiter.py)
         self._started = False
         self._prober: asyncio.Task | None = None
         # Relayed streams in progress: flow id → (client connection id, stop function), and by client connection.
@@ -114,10 +125,13 @@ class GatewayAddon:
                 if self._started:
                     self.live.start(_spawn)
                     self.usage.start()
-        if updated & {"aigw_data", "aigw_base_domain", "aigw_max_body", "aigw_attempt_flows", "save_stream_file"}:
+        if updated & ({"aigw_data"} | options.LIMITER_OPTIONS):
+            self._set_limiter(options.limiter_settings(opts))
+        if updated & ({"aigw_data", "aigw_base_domain", "aigw_max_body", "aigw_attempt_flows", "save_stream_file"}
+                      | options.LIMITER_OPTIONS):
             settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body,
                                 attempt_flows=options.attempt_flows(opts))
-            self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings, self._observe)
+            self.dispatcher = Dispatcher(self.live, self.client, self.relay, settings, self._observe, self.limiter)
         if "aigw_metrics_listen" in updated:
             try:
                 listen = parse_listen(opts.aigw_metrics_listen)
@@ -143,6 +157,23 @@ class GatewayAddon:
             # needs the caller's Host (it names the gateway) and never forwards it, so keep it.
             opts.keep_host_header = True
 
+    def _set_limiter(self, settings: options.LimiterSettings) -> None:
+        """Limits kept in this process's memory, or in the Redis every proxy shares (a new store: counters in
+        memory start again; Redis keeps them)."""
+        old = self.limiter
+        store = LimitStore(settings.redis, timeout=settings.timeout, on_error=self.metrics.limit_storage_error)
+        self.limiter = Limiter(store, self.live.quotas, on_error=settings.on_error, denied=self.metrics.limit_denied)
+        if old is not None:
+            _close_later(old.store)
+        if settings.redis and self._started:
+            _spawn(self._check_limit_storage(), name="aigw-limit-storage-check")
+
+    async def _check_limit_storage(self) -> None:
+        store = self.limiter.store if self.limiter is not None else None
+        if store is not None and store.shared:
+            if await store.check():
+                log.info("aigw: limits shared through %s", mask_url(store.url or ""))
+
     def running(self) -> None:
         # Open-files limit, accept queues of mitmproxy's listening sockets: a burst of thousands of streams.
         capacity.install(ctx.master)
@@ -155,6 +186,7 @@ class GatewayAddon:
             self._prober = _spawn(prober.run(), name="aigw-active-probes")
             self._watchdog = _spawn(self.ingress.run_watchdog(), name="aigw-client-watchdog")
             self._start_metrics()
+            _spawn(self._check_limit_storage(), name="aigw-limit-storage-check")
 
     def _ready(self) -> bool:
         """For /readyz: the proxy runs, with its configuration loaded (an empty store is a configuration)."""
@@ -201,6 +233,8 @@ class GatewayAddon:
             return
         loop.create_task(self.relay.stop())
         loop.create_task(self.client.close())
+        if self.limiter is not None:
+            loop.create_task(self.limiter.store.close())
 
     # -- hooks ----------------------------------------------------------------------------------------------
     def client_connected(self, client) -> None:

@@ -13,11 +13,13 @@ import asyncio
 import logging
 import os
 import time
+from datetime import UTC, datetime
 
 from addon.balancer import Balancer, Plan
 from addon.health import HealthBoard, HealthPolicy
+from addon.quota import QuotaBoard
 from store.health_file import health_path_for, target_key, write_health
-from store.models import HealthChecks, Target, Upstream
+from store.models import HealthChecks, Target, Upstream, format_rfc3339
 from store.snapshot import Snapshot, SnapshotLoader
 
 log = logging.getLogger("aigw.live")
@@ -34,6 +36,7 @@ class LiveConfig:
         self.health_path = health_path_for(data_path)
         self.loader = SnapshotLoader(data_path)
         self.health = HealthBoard()
+        self.quotas = QuotaBoard()  # targets out of quota (addon/limiter.py), skipped by every plan
         self.poll_interval = poll_interval
         self.publish_interval = publish_interval
         # upstream id → (balancer, the snapshot's upstream object it was built from)
@@ -85,7 +88,12 @@ class LiveConfig:
                 failing = False
 
     def _health_doc(self) -> dict:
-        return {"written_at": time.time(), "pid": os.getpid(), "targets": self.health.export()}
+        targets = self.health.export()
+        for key, block in self.quotas.export().items():
+            entry = targets.setdefault(key, {"state": "closed"})
+            entry["quota_exhausted_until"] = format_rfc3339(datetime.fromtimestamp(block["until"], UTC))
+            entry["quota_reason"] = block["why"]
+        return {"written_at": time.time(), "pid": os.getpid(), "targets": targets}
 
     def _write_health(self) -> None:
         try:
@@ -116,6 +124,7 @@ class LiveConfig:
             if uid not in live_upstreams:
                 del self._balancers[uid]
         self.health.forget(live_keys)
+        self.quotas.forget(live_keys)
         for uid in list(self._policies):
             if uid not in live_upstreams:
                 del self._policies[uid]
@@ -145,14 +154,17 @@ class LiveConfig:
         self._balancers[upstream.id] = (balancer, upstream)
         return balancer
 
-    def plan(self, upstream: Upstream, sticky_key: str | None = None) -> tuple[list[Target], bool]:
-        """Targets in attempt order, and whether every target was out (fail-open)."""
+    def plan(self, upstream: Upstream, sticky_key: str | None = None,
+             expected: tuple[int, int] | None = None) -> tuple[list[Target], bool]:
+        """Targets in attempt order, and whether every target was out (fail-open). ``expected``: the request's
+        estimated (input, output) tokens, for the lowest-cost algorithm."""
         policy = self.policy(upstream)
-        health = self.health
+        health, quotas = self.health, self.quotas
         uid = upstream.id
 
         def available(t: Target) -> bool:
-            return health.is_available(target_key(uid, t.id), policy)
+            key = target_key(uid, t.id)
+            return health.is_available(key, policy) and quotas.blocked_for(key) is None
 
         def in_flight(t: Target) -> int:
             return health.in_flight(target_key(uid, t.id))
@@ -161,7 +173,7 @@ class LiveConfig:
             return health.ewma_ttfb(target_key(uid, t.id))
 
         plan: Plan = self.balancer(upstream).plan(available=available, in_flight=in_flight, ewma=ewma,
-                                                  sticky_key=sticky_key)
+                                                  sticky_key=sticky_key, expected=expected)
         order = list(plan.order)
         if plan.fail_open:
             by_key = {target_key(uid, t.id): t for t in order}

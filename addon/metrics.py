@@ -42,7 +42,10 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
-OUTCOMES = frozenset({"ok", "connect", "timeout", "5xx", "429", "401", "403", "cut", "unsupported", "error"})
+OUTCOMES = frozenset({"ok", "connect", "timeout", "5xx", "429", "401", "403", "cut", "unsupported", "limited",
+                      "error"})
+LIMIT_SCOPES = frozenset({"key", "target"})
+LIMIT_KINDS = frozenset({"requests", "tokens", "concurrent", "budget"})
 ERROR_CLASSES = frozenset(KINDS)
 
 _REQ = ("gateway", "upstream", "target", "provider", "ingress", "status_class", "stream")
@@ -227,9 +230,12 @@ class Metrics:
         self._output = F("aigw_output_tokens", "Output tokens reported by providers.", _TOK)
         self._cached = F("aigw_cached_tokens", "Input tokens read from a provider's prompt cache.", _TOK)
         self._cost = F("aigw_estimated_cost", "Estimated cost from the targets' pricing (in its currency).", _TOK)
+        self._limited = F("aigw_rate_limited", "Requests refused by a key's limit, and targets skipped by theirs "
+                                               "(scope key or target).", ("scope", "limit"))
         self._families = (self._requests, self._duration, self._overhead, self._ttft, self._failovers,
                           self._fail_open, self._stream_errors, self._errors, self._attempts, self._latency,
-                          self._input, self._output, self._cached, self._cost)
+                          self._input, self._output, self._cached, self._cost, self._limited)
+        self.limit_storage_errors = 0  # limit-storage (Redis) calls that failed or timed out
         self._req_cache: dict[tuple, _ReqChildren] = {}
         self._tok_cache: dict[tuple, _TokChildren] = {}
         self._att_cache: dict[tuple, tuple[_Cell, _Hist]] = {}
@@ -302,6 +308,13 @@ class Metrics:
             if cost is not None and cost > 0:
                 t.cost.v += cost
 
+    def limit_denied(self, scope: str, limit: str) -> None:
+        """A key's request refused by a limit (scope "key"), or a target skipped by one ("target")."""
+        self._limited.child(scope if scope in LIMIT_SCOPES else OTHER, limit if limit in LIMIT_KINDS else OTHER).v += 1
+
+    def limit_storage_error(self) -> None:
+        self.limit_storage_errors += 1
+
     # -- binding label tuples to series (once per tuple) -----------------------------------------------------
     @staticmethod
     def _bind(cache: dict, key: tuple, overflow: Callable[[tuple], tuple], make: Callable[..., Any]) -> Any:
@@ -364,6 +377,8 @@ class Metrics:
             yield family.collect()
         yield GaugeMetricFamily("aigw_requests_in_flight", "Client requests being handled.", value=self.in_flight)
         yield CounterMetricFamily("aigw_metrics_errors", "observe() calls that failed.", value=self.errors)
+        yield CounterMetricFamily("aigw_limit_storage_errors", "Limit-storage (Redis) calls that failed or timed "
+                                  "out; the on-error policy applied.", value=self.limit_storage_errors)
         alog = self._access_log
         if alog is not None:
             yield CounterMetricFamily("aigw_access_log_lines", "Access-log lines written.", value=alog.written)

@@ -7,6 +7,7 @@ them. A bad value raises `OptionsError`, which mitmproxy reports while keeping t
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions
 
@@ -34,6 +35,14 @@ def register(loader) -> None:
                       "aigw: one JSON line per request: '-' for stdout, a file path, or empty for none.")
     loader.add_option("aigw_log_bodies", bool, False,
                       "aigw: debug only — also put request and answer bodies (prompts!) in the access log.")
+    loader.add_option("aigw_redis", str, os.environ.get("AIGW_REDIS", ""),
+                      "aigw: redis:// URL of the storage that rate limits, concurrency and budgets share with every "
+                      "other proxy process; empty: this process's memory.")
+    loader.add_option("aigw_redis_timeout", str, "0.05",
+                      "aigw: seconds a limit-storage (Redis) call may take before the on-error policy applies.")
+    loader.add_option("aigw_limits_on_error", str, "open",
+                      "aigw: when the limit storage cannot be reached: open (serve without limits) or closed "
+                      "(refuse with 503). Logged once per outage and counted in aigw_limit_storage_errors_total.")
     # A string holding a number: mitmproxy's --set parses no float options.
     loader.add_option("aigw_client_timeout", str, "60",
                       "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
@@ -54,6 +63,39 @@ def under_mitmweb() -> bool:
         return ctx.master.addons.get("webaddon") is not None
     except AttributeError:
         return False
+
+
+LIMITER_OPTIONS = frozenset({"aigw_redis", "aigw_redis_timeout", "aigw_limits_on_error"})
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSettings:
+    redis: str | None
+    timeout: float
+    on_error: str
+
+
+def limiter_settings(opts) -> LimiterSettings:
+    """Where limits are kept and what happens when that storage is down; OptionsError naming a bad value."""
+    from addon.limit_store import redis_url
+    from addon.limiter import ON_ERROR_POLICIES
+
+    on_error = opts.aigw_limits_on_error.strip().lower()
+    if on_error not in ON_ERROR_POLICIES:
+        raise exceptions.OptionsError(f"aigw_limits_on_error must be one of {', '.join(ON_ERROR_POLICIES)}")
+    try:
+        timeout = float(opts.aigw_redis_timeout)
+    except ValueError:
+        timeout = -1.0
+    if not 0 < timeout <= 60:
+        raise exceptions.OptionsError("aigw_redis_timeout must be a number of seconds above 0, at most 60")
+    url = opts.aigw_redis.strip() or None
+    if url is not None:
+        try:
+            redis_url(url)
+        except ValueError as err:
+            raise exceptions.OptionsError(f"aigw_redis: {err}") from None
+    return LimiterSettings(redis=url, timeout=timeout, on_error=on_error)
 
 
 LIMIT_OPTIONS = frozenset({"aigw_max_headers", "aigw_max_header_bytes", "aigw_max_body", "aigw_client_timeout"})

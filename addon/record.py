@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from providers import Usage
 
 if TYPE_CHECKING:
+    from addon.limiter import Ticket
     from addon.wire import WireCapture
     from store.models import Pricing
 
@@ -86,6 +87,7 @@ class RequestRecord:
     cost: float | None = None                                # estimated from usage and pricing (finish)
     error_class: str | None = None                           # the gateway error kind when status >= 400
     stream_error: str | None = None                          # why a committed stream ended badly
+    ticket: Ticket | None = None                             # what it took from its limits, settled when finished
 
     @property
     def failovers(self) -> int:

@@ -47,6 +47,8 @@ class Resource:
     created_schema: type[BaseModel] | None = None
     #: False when the resource registers its own POST (keys: the payload is not the stored model).
     generic_create: bool = True
+    #: The payload of the resource's own PATCH on the item (keys: name, active, limits), None when it has none.
+    update_schema: type[BaseModel] | None = None
 
     @property
     def scoped(self) -> bool:

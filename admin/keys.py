@@ -1,15 +1,16 @@
-"""``/api/v1/gateways/{gid}/keys``: client API keys. The plaintext is in the creation response and nowhere else;
-keys cannot be edited (rotate by creating a new one and deleting the old)."""
+"""``/api/v1/gateways/{gid}/keys``: client API keys. The plaintext is in the creation response and nowhere else.
+A key's name, active flag and limits can be changed (PATCH); the key itself cannot (rotate by creating a new one
+and deleting the old)."""
 
 from __future__ import annotations
 
 from flask import Response, jsonify
 from pydantic import ValidationError
 
-from store.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyView, Entity
+from store.models import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, Entity
 
 from .crud import Resource, crud_blueprint
-from .errors import validation_error
+from .errors import ApiError, validation_error
 from .inputs import get_store, json_body
 
 
@@ -28,6 +29,7 @@ RESOURCE = Resource(
     request_schema=ApiKeyCreate,
     response_schema=ApiKeyView,
     created_schema=ApiKeyCreated,
+    update_schema=ApiKeyUpdate,
 )
 bp = crud_blueprint(RESOURCE)
 
@@ -43,3 +45,20 @@ def create_key(gateway_id: str) -> Response:
     response = jsonify(created.model_dump(mode="json"))
     response.status_code = 201
     return response
+
+
+@bp.patch(RESOURCE.item_rule)
+def update_key(gateway_id: str, entity_id: str) -> Response:
+    payload = json_body()
+    try:
+        update = ApiKeyUpdate.model_validate(payload)
+    except ValidationError as exc:
+        raise validation_error(exc, "key") from None
+    store = get_store()
+    current = store.get("keys", entity_id, gateway_id=gateway_id)
+    changes = {name: getattr(update, name) for name in ApiKeyUpdate.model_fields if name in payload}
+    for name in ("name", "active"):
+        if name in changes and changes[name] is None:
+            raise ApiError(400, f"invalid key: {name} cannot be null", [{"loc": name, "msg": "cannot be null"}])
+    stored = store.replace("keys", entity_id, current.model_copy(update=changes), gateway_id=gateway_id)
+    return jsonify(_key_view(stored))

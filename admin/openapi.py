@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyView, Gateway, Rule, Service, Upstream
+from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, Gateway, Rule, Service, Upstream
 from store.usage_report import GROUP_BY, UsageReport
 
 from . import gateways, keys, rules, services, upstreams, usage
@@ -28,7 +28,7 @@ RESOURCES: tuple[Resource, ...] = (
     keys.RESOURCE,
 )
 _SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyView, ErrorBody, UpstreamHealth,
+    Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, ErrorBody, UpstreamHealth,
     UsageReport,
 )
 _REF = "#/components/schemas/{model}"
@@ -131,6 +131,13 @@ def _resource_paths(resource: Resource) -> dict[str, Any]:
                        "requestBody": body,
                        "responses": {"200": _json(_ref(response_model), f"The stored {resource.label}"),
                                      **_errors(400, 404, 409, 413, 415)}}
+    if resource.update_schema is not None:
+        item["patch"] = {"summary": f"Change some fields of a {resource.label}",
+                         "operationId": f"update_{resource.label}",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": _ref(resource.update_schema)}}},
+                         "responses": {"200": _json(_ref(response_model), f"The stored {resource.label}"),
+                                       **_errors(400, 404, 409, 413, 415)}}
     if "DELETE" in resource.item_methods:
         delete: dict[str, Any] = {"summary": f"Delete a {resource.label}", "operationId": f"delete_{resource.label}",
                                   "responses": {"204": {"description": "Deleted"},

@@ -32,6 +32,8 @@ class PublishedTargetHealth(BaseModel):
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    quota_exhausted_until: str | None = None
+    quota_reason: str | None = None
 
 
 class TargetHealth(BaseModel):
@@ -50,6 +52,11 @@ class TargetHealth(BaseModel):
     in_flight: int | None = None
     requests: int | None = None
     failures: int | None = None
+    quota_exhausted_until: str | None = Field(
+        default=None, description="Until when (RFC 3339) the target is skipped as out of quota: its configured "
+                                  "limits, or what its provider's rate-limit headers said")
+    quota_reason: str | None = Field(default=None, description='What said so: "limits.requests", '
+                                                               '"limits.tokens" or the provider header')
 
 
 class UpstreamHealth(BaseModel):

@@ -72,7 +72,8 @@ PROVIDERS: tuple[str, ...] = _PROVIDERS
 Provider = Literal[PROVIDERS]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
 
 #: Load-balancing algorithms: the one list the models, the balancer and the OpenAPI document use.
-Algorithm = Literal["round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky"]
+Algorithm = Literal["round-robin", "weighted-round-robin", "random", "least-connections", "latency-aware", "sticky",
+                    "lowest-cost"]
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 ALGORITHM_ALIASES: dict[str, str] = {"least-conn": "least-connections"}
 

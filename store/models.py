@@ -57,6 +57,9 @@ from .base import Entity, GatewayScoped, Model, _takes_int  # noqa: F401  (re-ex
 from .upstream import (  # noqa: F401  (re-exported: the one import path for every model)
     ActiveHealthCheck, Credentials, Failover, HealthChecks, Pricing, Sticky, Target, Upstream,
 )
+from .limits import (  # noqa: F401  (re-exported)
+    BUDGET_PERIODS, WINDOW_SECONDS, Budget, KeyLimits, RateLimit, TargetLimits,
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -74,6 +77,8 @@ class Gateway(Entity):
               json_schema_extra={"pattern": f"^{DNS_LABEL.pattern}$"}),
     ]
     status: Literal["active", "inactive"] = "active"
+    limits: KeyLimits | None = Field(default=None, description="aigw: the default limits of each of the "
+                                                               "gateway's keys (each key counts on its own)")
 
     @field_validator("subdomain", mode="before")
     @classmethod
@@ -185,6 +190,7 @@ class ApiKeyCreate(Model):
 
     name: NonEmptyStr
     expires_at: UtcDatetime | None = None
+    limits: KeyLimits | None = None
 
     @field_validator("expires_at", mode="before")
     @classmethod
@@ -202,6 +208,15 @@ class ApiKeyCreate(Model):
         return value
 
 
+class ApiKeyUpdate(Model):
+    """Payload of ``PATCH /gateways/{gid}/keys/{kid}``: the fields given replace the stored ones (``limits: null``
+    removes the key's own limits). The key itself, its hash and prefix never change: rotate by creating a new one."""
+
+    name: NonEmptyStr | None = None
+    active: StrictBool | None = None
+    limits: KeyLimits | None = None
+
+
 class ApiKeyView(Model):
     """What the admin API shows of a stored key: never the key or its hash."""
 
@@ -211,6 +226,7 @@ class ApiKeyView(Model):
     key_prefix: str
     expires_at: UtcDatetime | None = None
     active: bool = True
+    limits: KeyLimits | None = None
     created_at: UtcDatetime
 
 
@@ -230,6 +246,7 @@ class ApiKey(GatewayScoped):
     key_prefix: str
     expires_at: UtcDatetime | None = None
     active: StrictBool = True
+    limits: KeyLimits | None = None
 
     def usable_at(self, now: datetime | None = None) -> bool:
         """Active and not expired. Time-dependent, so checked per request, not baked into the Snapshot."""

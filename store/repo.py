@@ -325,6 +325,7 @@ class Store:
         key = ApiKey(
             name=request.name,
             expires_at=request.expires_at,
+            limits=request.limits,
             key_hash=hash_key(plaintext),
             key_prefix=display_prefix(plaintext),
         )

@@ -34,6 +34,7 @@ from .fields import (
 
 
 from .base import GatewayScoped, Model
+from .limits import TargetLimits
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -146,7 +147,10 @@ class Target(Model):
         default=None, description="aigw: max_tokens sent when the provider requires one and the client gave none"
     )
     api_version: str | None = Field(default=None, description="aigw: Azure OpenAI api-version")
-    pricing: Pricing | None = Field(default=None, description="aigw: token prices, for usage cost estimates")
+    pricing: Pricing | None = Field(default=None, description="aigw: token prices, for usage cost estimates and "
+                                                              "the lowest-cost algorithm")
+    limits: TargetLimits | None = Field(default=None, description="aigw: the provider account's rate limits; "
+                                                                  "traffic moves to other targets before them")
 
     @field_validator("id")
     @classmethod

@@ -9,6 +9,7 @@ used and, when it has ``times``, one use is consumed::
      "delay": seconds,                    # wait before anything is sent (large = hang)
      "close": true,                       # drop the TCP connection without a response
      "status": int, "retry_after": "7", "body": dict|str, "headers": {...},   # provider-shaped error
+                                          #   (headers without status: added to the normal answer)
      "first_token_delay": seconds,        # headers now, first event (JSON: the body) after the wait
      "stall_after": k, "stall": seconds,  # k events, silence, then the rest (JSON: half the body, silence, rest)
      "cut_after": k,                      # k events, then drop the connection, never the terminal event
@@ -136,9 +137,10 @@ def parse_fault(rule: Any) -> FaultRule:
         trickle_bytes=_nonneg(rule, "trickle_bytes", int),
     )
     if not (fr.status or fr.close or fr.delay or fr.first_token_delay or fr.cut_after is not None
-            or fr.stall_after is not None or fr.error_event_after is not None or fr.trickle_after is not None):
-        raise ValueError("fault rule: needs an action (status, close, delay, first_token_delay, cut_after, "
-                         "stall_after, error_event_after)")
+            or fr.stall_after is not None or fr.error_event_after is not None or fr.trickle_after is not None
+            or fr.headers):
+        raise ValueError("fault rule: needs an action (status, headers, close, delay, first_token_delay, "
+                         "cut_after, stall_after, error_event_after)")
     if fr.stall_after is not None and not fr.stall:
         raise ValueError("fault rule: 'stall_after' needs 'stall' (seconds)")
     return fr

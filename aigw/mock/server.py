@@ -204,6 +204,9 @@ class MockProvider(OpenAIEndpoint, AnthropicEndpoint, GeminiEndpoint):
         except ApiError as e:
             self._finish(rec, e.status)
             return error_response(provider, e)
+        if fault is not None and fault.headers and not fault.status:
+            # Headers alone: added to the normal answer (e.g. a provider's x-ratelimit-remaining-* headers).
+            result.headers.update(fault.headers)
         if isinstance(result, StreamBody):
             return await self._send_stream(request, rec, result, fault)
         if fault is not None and result.status == 200 and (

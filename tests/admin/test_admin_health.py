@@ -12,7 +12,8 @@ PUBLISHED = {"state": "open", "consecutive_failures": 3, "last_error": "HTTP 503
              "last_error_at": "2026-01-01T00:00:00.000Z", "cooldown_remaining_s": 41.5, "ewma_ttfb_ms": 120.0,
              "in_flight": 2, "requests": 20, "failures": 4}
 TARGET_FIELDS = {"target_id", "provider", "host", "port", "state", "consecutive_failures", "last_error",
-                 "last_error_at", "cooldown_remaining_s", "ewma_ttfb_ms", "in_flight", "requests", "failures"}
+                 "last_error_at", "cooldown_remaining_s", "ewma_ttfb_ms", "in_flight", "requests", "failures",
+                 "quota_exhausted_until", "quota_reason"}
 
 
 def health(client, gid, upstream):
@@ -37,7 +38,8 @@ def test_published_state_per_target(client, gid, upstream, health_path):
     body = health(client, gid, upstream)
     assert body["stale"] is False and body["published_at"].endswith("Z")
     first, second = body["targets"]
-    assert first == {"target_id": openai["id"], "provider": "openai", "host": None, "port": None, **PUBLISHED}
+    assert first == {"target_id": openai["id"], "provider": "openai", "host": None, "port": None, **PUBLISHED,
+                     "quota_exhausted_until": None, "quota_reason": None}
     assert second["state"] == "unknown"  # published for another upstream only
 
 

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 from store.keys import hash_key
 
 API = "/api/v1"
-VIEW_FIELDS = {"id", "gateway_id", "name", "key_prefix", "expires_at", "active", "created_at"}
+VIEW_FIELDS = {"id", "gateway_id", "name", "key_prefix", "expires_at", "active", "limits", "created_at"}
 
 
 def test_create_shows_plaintext_once(client, store, gid, guide):

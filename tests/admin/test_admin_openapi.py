@@ -12,7 +12,7 @@ def test_document_covers_every_route(app, client):
         (method.upper(), path)
         for path, item in doc["paths"].items()
         for method in item
-        if method in ("get", "post", "put", "delete")
+        if method in ("get", "post", "put", "patch", "delete")
     }
     served = {
         (method, re.sub(r"<(\w+)>", r"{\1}", rule.rule))

@@ -1,0 +1,192 @@
+"""Where limit counters live: this process's memory, or one Redis shared by every proxy process and machine.
+
+Rate windows are the `limits` library's, over its memory or Redis storage: requests in an exact moving window (one
+entry per request in the window: "N per minute" is N, at any moment), tokens in a sliding-window counter (O(1) per
+key: a cost of thousands of tokens is one increment, not thousands of entries; an approximation of the moving
+window that may let a little more through just after a window boundary). Two counters that library has no strategy
+for are here too, on the same storage: budgets (calendar periods: the period is in the key name, so every process
+agrees on when it starts) and concurrency slots (in Redis a sorted set of leases, so a process that dies without
+releasing its slots frees them when the lease runs out).
+
+Every Redis call is bounded (``timeout``) and never blocks the event loop (redis.asyncio). When Redis cannot be
+reached the store says so by raising :class:`StorageDown`; the limiter applies the configured policy (fail open:
+serve without the limit; fail closed: refuse with 503). The outage is logged once and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import limits
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+
+log = logging.getLogger("aigw.limits")
+
+T = TypeVar("T")
+
+KEY_PREFIX = "aigw"
+# A concurrency slot not released within this long (its process died, or a stream outlived it) is freed.
+SLOT_LEASE_S = 900.0
+
+# Take a slot unless `limit` live leases exist: drop expired leases, count, add ours. Atomic in Redis.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
+class StorageDown(Exception):
+    """The shared storage did not answer in time or at all."""
+
+
+def redis_url(url: str) -> str:
+    """What redis.asyncio reads: the `limits` library's ``async+redis://`` spelling is accepted too."""
+    url = url.strip().removeprefix("async+")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"a Redis URL starts with redis://, rediss:// or unix://; got {url.split(':', 1)[0]!r}")
+    return url
+
+
+def mask_url(url: str) -> str:
+    """The URL without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+class LimitStore:
+    """Counters for the limiter. ``url`` None: in this process's memory."""
+
+    def __init__(self, url: str | None = None, *, timeout: float = 0.05,
+                 on_error: Callable[[], None] | None = None) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._on_error = on_error or (lambda: None)
+        self._down = False
+        self._items: dict[tuple[int, int], limits.RateLimitItem] = {}
+        self._slots: dict[str, int] = {}  # memory only
+        self._redis = None
+        if url:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(redis_url(url), socket_timeout=timeout,
+                                                  socket_connect_timeout=timeout, health_check_interval=30)
+            self._storage: MemoryStorage | RedisStorage = RedisStorage(
+                "async+" + redis_url(url), implementation="redispy", wrap_exceptions=True,
+                key_prefix=KEY_PREFIX, connection_pool=self._redis.connection_pool)
+            self._acquire = self._redis.register_script(_ACQUIRE)
+        else:
+            self._storage = MemoryStorage()
+        self._exact = MovingWindowRateLimiter(self._storage)         # requests
+        self._counted = SlidingWindowCounterRateLimiter(self._storage)  # tokens
+
+    @property
+    def shared(self) -> bool:
+        return self._redis is not None
+
+    async def check(self) -> bool:
+        """Whether the storage answers (a PING); a failure is logged like any other."""
+        try:
+            return bool(await self._call(self._storage.check()))
+        except StorageDown:
+            return False
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    # -- bounded calls ------------------------------------------------------------------------------------
+    async def _call(self, call: Awaitable[T]) -> T:
+        if self._redis is None:
+            return await call
+        try:
+            result = await asyncio.wait_for(call, self.timeout)
+        except (StorageError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: B014 (documents what)
+            # Whatever the client raises (connection refused, reset, timeout, a Redis error reply) means the same
+            # here; CancelledError is a BaseException and goes through.
+            self._on_error()
+            if not self._down:
+                log.warning("aigw: limit storage %s unreachable (%s); applying the on-error policy until it "
+                            "answers again", mask_url(self.url or ""), type(exc).__name__)
+                self._down = True
+            raise StorageDown(str(exc)) from None
+        if self._down:
+            log.info("aigw: limit storage %s answers again", mask_url(self.url or ""))
+            self._down = False
+        return result
+
+    def item(self, limit: int, seconds: int) -> limits.RateLimitItem:
+        """The `limits` item for N per window (cached: items are immutable)."""
+        found = self._items.get((limit, seconds))
+        if found is None:
+            found = limits.RateLimitItemPerSecond(limit, seconds, namespace="rate")
+            self._items[(limit, seconds)] = found
+        return found
+
+    # -- rate windows -------------------------------------------------------------------------------------
+    async def hit(self, item: limits.RateLimitItem, key: str) -> bool:
+        """Take one request from a moving window."""
+        return await self._call(self._exact.hit(item, key))
+
+    async def stats(self, item: limits.RateLimitItem, key: str) -> limits.WindowStats:
+        """A moving (request) window's reset time and what is left."""
+        return await self._call(self._exact.get_window_stats(item, key))
+
+    async def token_stats(self, item: limits.RateLimitItem, key: str) -> limits.WindowStats:
+        """A token window's reset time and what is left."""
+        return await self._call(self._counted.get_window_stats(item, key))
+
+    async def debit(self, item: limits.RateLimitItem, key: str, cost: int) -> None:
+        """Take `cost` from a window whatever is left (usage that was already spent): what fits, then the rest
+        of the window, so it reads as empty until it slides."""
+        if cost <= 0:
+            return
+        if await self._call(self._counted.hit(item, key, cost=cost)):
+            return
+        left = (await self.token_stats(item, key)).remaining
+        if left > 0:
+            await self._call(self._counted.hit(item, key, cost=left))
+
+    # -- budgets ------------------------------------------------------------------------------------------
+    async def add(self, key: str, amount: int, expiry_s: int) -> int:
+        return await self._call(self._storage.incr(f"budget/{key}", expiry_s, amount))
+
+    async def total(self, key: str) -> int:
+        return await self._call(self._storage.get(f"budget/{key}"))
+
+    # -- concurrency slots ----------------------------------------------------------------------------------
+    async def acquire_slot(self, key: str, limit: int, holder: str) -> bool:
+        if self._redis is None:
+            held = self._slots.get(key, 0)
+            if held >= limit:
+                return False
+            self._slots[key] = held + 1
+            return True
+        now = time.time()
+        name = f"{KEY_PREFIX}:slots:{key}"
+        args = [now, now + SLOT_LEASE_S, limit, holder, int(SLOT_LEASE_S) + 60]
+        return bool(await self._call(self._acquire(keys=[name], args=args)))
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        if self._redis is None:
+            held = self._slots.get(key, 0) - 1
+            if held > 0:
+                self._slots[key] = held
+            else:
+                self._slots.pop(key, None)
+            return
+        await self._call(self._redis.zrem(f"{KEY_PREFIX}:slots:{key}", holder))
+
+    def slots_held(self, key: str) -> int | None:
+        """This process's count (memory only; None with Redis, where it is shared)."""
+        return None if self._redis is not None else self._slots.get(key, 0)
