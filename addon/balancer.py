@@ -294,10 +294,14 @@ class Balancer:
 
     def _rank_cost(self, tier: _Tier, idx: list[int], up, advance, in_flight, ewma, key) -> list[int]:
         """Cheapest first for the request's expected tokens (``pricing``; unpriced targets last); the rest by
-        price as failover. Targets of equal price share the traffic by weight (SWRR among them)."""
-        order = self._rank_swrr(tier, idx, up, advance, in_flight, ewma, key)
+        price as failover. The cheapest targets, when several cost the same, share the traffic by weight (SWRR
+        among them only: a dearer target's weight does not skew their rotation)."""
         expected, targets = self._expected, tier.targets
-        return sorted(order, key=lambda i: expected_cost(targets[i], expected))
+        price = {i: expected_cost(targets[i], expected) for i in idx}
+        cheapest = min(price.values())
+        group = [i for i in idx if price[i] == cheapest]
+        head = self._rank_swrr(tier, group, up, advance, in_flight, ewma, key) if len(group) > 1 else group
+        return head + sorted((i for i in idx if price[i] != cheapest), key=price.__getitem__)
 
     def _rank_sticky(self, tier: _Tier, idx: list[int], up, advance, in_flight, ewma, key) -> list[int]:
         """Consistent hashing on `sticky_key`, remembered: a key keeps going where it was last served for

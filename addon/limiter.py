@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from addon.limit_store import LimitStore, StorageDown
-from addon.quota import QuotaBoard, format_duration
+from addon.quota import CONFIGURED, QuotaBoard, format_duration
 from providers import GatewayError
 from store.models import ApiKey, Gateway, KeyLimits, RateLimit, Target
 
@@ -106,6 +106,14 @@ def budget_period(period: str, now: float) -> tuple[str, float]:
     return day.strftime("%Y-%m"), calendar.timegm(month_end) - now
 
 
+def _reset_in(stats, limit: int, now: float, window_s: int) -> float:
+    """Seconds until a window frees some of what it counts. An empty window reports its reset as "now": what is
+    taken from it now starts to slide out at the end of the current window."""
+    if stats.remaining < limit and stats.reset_time > now:
+        return stats.reset_time - now
+    return window_s - now % window_s
+
+
 class Limiter:
     def __init__(self, store: LimitStore, quotas: QuotaBoard, *, on_error: str = "open",
                  denied: Denied = _ignore, wall: Callable[[], float] = time.time) -> None:
@@ -159,47 +167,53 @@ class Limiter:
         if req_item is not None:
             reads.append(store.stats(req_item, key_id))
         if tok_item is not None:
-            reads.append(store.token_stats(tok_item, f"tokens/{key_id}"))
+            reads.append(store.stats(tok_item, f"tokens/{key_id}"))
         if budget is not None:
             label, ends_in = budget_period(budget.period, now)
             ticket.budget_key, ticket.budget_expiry_s = f"{key_id}/{label}", int(ends_in) + 86400
             reads.append(store.total(f"{ticket.budget_key}/tokens"))
             reads.append(store.total(f"{ticket.budget_key}/micro"))
-        results = list(await asyncio.gather(*reads)) if reads else []
+        results = await self._all(reads)
         req_stats = results.pop(0) if req_item is not None else None
         if tok_item is not None:
             stats = results.pop(0)
-            ticket.tokens = WindowView(tok_item.amount, stats.remaining, max(0.0, stats.reset_time - now))
+            ticket.tokens = WindowView(tok_item.amount, stats.remaining,
+                                       _reset_in(stats, tok_item.amount, now, lim.tokens.seconds))
             if stats.remaining <= 0:
                 self._deny("key", "tokens", ticket, "tokens",
                            f"Rate limit reached for tokens: {lim.tokens.limit} per {lim.tokens.window}.",
                            ticket.tokens.reset_s or float(lim.tokens.seconds))
         if budget is not None:
             self._check_budget(ticket, budget, results[0], results[1], ends_in)
-        # Round two: take a request from its window and a concurrency slot.
-        takes: list = []
-        if req_item is not None:
-            takes.append(store.hit(req_item, key_id))
+        # Then a concurrency slot, and only with one a request from its window (a request refused as busy is not
+        # counted against the key's rate); a refused request gives its slot back.
         if lim.concurrent is not None:
-            takes.append(store.acquire_slot(key_id, lim.concurrent, holder))
-        taken = list(await asyncio.gather(*takes)) if takes else []
-        got_request = taken.pop(0) if req_item is not None else True
-        ticket.slot = taken.pop(0) if lim.concurrent is not None else False
+            ticket.slot = await store.acquire_slot(key_id, lim.concurrent, holder)
+            if not ticket.slot:
+                self._deny("key", "concurrent", ticket, "requests",
+                           f"Too many requests in flight for this key: at most {lim.concurrent} at once.", 1.0)
         if req_item is not None:
-            reset = max(0.0, req_stats.reset_time - now) or lim.requests.seconds / lim.requests.limit
-            ticket.requests = WindowView(req_item.amount, req_stats.remaining - 1, reset)
-        if not got_request:
-            if ticket.slot:
-                await store.release_slot(key_id, holder)
-                ticket.slot = False
-            ticket.requests.remaining = 0
-            self._deny("key", "requests", ticket, "requests",
-                       f"Rate limit reached for requests: {lim.requests.limit} per {lim.requests.window}.",
-                       ticket.requests.reset_s)
-        if lim.concurrent is not None and not ticket.slot:
-            self._deny("key", "concurrent", ticket, "requests",
-                       f"Too many requests in flight for this key: at most {lim.concurrent} at once.", 1.0)
+            got_request = await store.hit(req_item, key_id)
+            ticket.requests = WindowView(req_item.amount, req_stats.remaining - 1,
+                                         _reset_in(req_stats, req_item.amount, now, lim.requests.seconds))
+            if not got_request:
+                if ticket.slot:
+                    await store.release_slot(key_id, holder)
+                    ticket.slot = False
+                ticket.requests.remaining = 0
+                self._deny("key", "requests", ticket, "requests",
+                           f"Rate limit reached for requests: {lim.requests.limit} per {lim.requests.window}.",
+                           ticket.requests.reset_s)
         return ticket
+
+    async def _all(self, calls: list) -> list:
+        """Await `calls`: at once against Redis (one round trip for all), one after the other in memory (where
+        nothing waits and gather's tasks would be the dearest part)."""
+        if not calls:
+            return []
+        if self.store.shared:
+            return list(await asyncio.gather(*calls))
+        return [await call for call in calls]
 
     def _check_budget(self, ticket: Ticket, budget, tokens_used: int, micro_used: int, ends_in: float) -> None:
         shares: list[float] = []
@@ -241,7 +255,7 @@ class Limiter:
         try:
             if lim.tokens is not None:
                 item = store.item(lim.tokens.limit, lim.tokens.seconds)
-                stats = await store.token_stats(item, f"tokens/{key}")
+                stats = await store.stats(item, f"tokens/{key}")
                 if stats.remaining <= 0:
                     return self._block_target(key, "tokens", stats.reset_time - now, lim.tokens.seconds)
             if lim.requests is not None:
@@ -257,7 +271,7 @@ class Limiter:
     def _block_target(self, key: str, limit: str, wait: float, fallback: float) -> float:
         wait = wait if wait > 0 else fallback
         self._denied("target", limit)
-        self.quotas.block(key, wait, f"limits.{limit}")
+        self.quotas.block(key, wait, f"{CONFIGURED}{limit}")
         return wait
 
     def learn(self, key: str, headers: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ from addon.health import HealthBoard, HealthPolicy
 from addon.quota import QuotaBoard
 from store.health_file import health_path_for, target_key, write_health
 from store.models import HealthChecks, Target, Upstream, format_rfc3339
+from store.config.loader import ConfigFileLoader
 from store.snapshot import Snapshot, SnapshotLoader
 
 log = logging.getLogger("aigw.live")
@@ -31,10 +32,14 @@ def target_identity(target: Target) -> tuple:
 
 
 class LiveConfig:
-    def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5) -> None:
+    def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5,
+                 config_path: str | None = None) -> None:
         self.data_path = data_path
         self.health_path = health_path_for(data_path)
-        self.loader = SnapshotLoader(data_path)
+        # The snapshot's source: the store file, or a configuration file (database-less; store/config/loader.py).
+        # Side files (health, usage) stay next to data_path.
+        self.config_path = config_path
+        self.loader = ConfigFileLoader(config_path) if config_path else SnapshotLoader(data_path)
         self.health = HealthBoard()
         self.quotas = QuotaBoard()  # targets out of quota (addon/limiter.py), skipped by every plan
         self.poll_interval = poll_interval

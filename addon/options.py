@@ -17,6 +17,9 @@ from addon.ingress import Limits
 def register(loader) -> None:
     loader.add_option("aigw_data", str, os.environ.get("AIGW_DATA", "data/aigw.json"),
                       "aigw: path of the configuration store (TinyDB JSON file) written by the admin API.")
+    loader.add_option("aigw_config", str, os.environ.get("AIGW_CONFIG", ""),
+                      "aigw: a configuration file (YAML, docs/config.md) to serve instead of the store: no "
+                      "database; edits are reloaded live. Health and usage files stay next to aigw_data.")
     loader.add_option("aigw_base_domain", str, os.environ.get("AIGW_BASE_DOMAIN", ""),
                       "aigw: base domain; the Host label before it names the gateway (empty: first label).")
     loader.add_option("aigw_max_body", int, 10 * 1024 * 1024,
@@ -47,6 +50,12 @@ def register(loader) -> None:
     loader.add_option("aigw_client_timeout", str, "60",
                       "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
                       "(from connect or from the end of its previous answer) and then its body; 0: no limit.")
+
+
+def config_file(opts) -> str | None:
+    """The aigw_config file (absolute), or None when the store file is the configuration."""
+    value = opts.aigw_config.strip()
+    return os.path.abspath(value) if value else None
 
 
 def attempt_flows(opts) -> bool:

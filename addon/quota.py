@@ -32,6 +32,8 @@ _OPENAI = tuple((f"x-ratelimit-remaining-{what}", f"x-ratelimit-reset-{what}", "
 _ANTHROPIC = tuple((f"anthropic-ratelimit-{what}-remaining", f"anthropic-ratelimit-{what}-reset", "time")
                    for what in ("requests", "tokens", "input-tokens", "output-tokens"))
 QUOTA_HEADERS = _OPENAI + _ANTHROPIC
+#: The `why` of a block set by a target's own configured limits (addon/limiter.py), which answers do not lift.
+CONFIGURED = "limits."
 
 
 def parse_duration(text: str) -> float | None:
@@ -47,9 +49,10 @@ def parse_duration(text: str) -> float | None:
         end = match.end()
     if end != len(text):
         try:
-            return max(0.0, float(text))  # a bare number of seconds
+            seconds = float(text)  # a bare number of seconds
         except ValueError:
             return None
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     return total
 
 
@@ -121,8 +124,10 @@ class QuotaBoard:
         """Read one provider answer's headers (lower-case names)."""
         found = exhausted_for(headers, self._wall())
         if found is None:
-            if key in self._blocks and any(h in headers for h, _, _ in QUOTA_HEADERS):
-                del self._blocks[key]  # the provider says there is quota again
+            block = self._blocks.get(key)
+            if block is not None and not block.why.startswith(CONFIGURED) \
+                    and any(h in headers for h, _, _ in QUOTA_HEADERS):
+                del self._blocks[key]  # the provider says there is quota again (a configured limit's block stays)
             return
         self.block(key, found[0], found[1])
 

@@ -10,7 +10,7 @@ from flask import Flask, request
 
 from store import Store
 
-from . import gateways, keys, openapi, rules, services, upstreams, usage
+from . import config, gateways, keys, openapi, rules, services, upstreams, usage
 from .crud import API_PREFIX
 from .errors import ApiError, register_error_handlers
 from .inputs import STORE_EXTENSION
@@ -35,6 +35,9 @@ def create_app(
     ``admin_token``: when set, every ``/api/v1`` call needs ``Authorization: Bearer <token>``.
     ``health_path``: the proxy's published health file (``store.health_file``), read by the health endpoint.
     ``usage_path``: the proxy's usage file (``store.usage.usage_path_for``), read by the usage endpoints.
+
+    A store with a ``read_only`` reason (``store.config.ConfigFileStore``: the proxy serves a configuration file)
+    makes the API read-only: every write answers 405 with that reason.
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -49,7 +52,10 @@ def create_app(
     register_error_handlers(app)
     if admin_token:
         _require_token(app, admin_token)
-    for module in (gateways, upstreams, services, rules, keys, usage, openapi):
+    read_only = getattr(store, "read_only", None)
+    if read_only:
+        app.before_request(lambda: config.refuse_writes(read_only))
+    for module in (gateways, upstreams, services, rules, keys, usage, config, openapi):
         app.register_blueprint(module.bp)
     return app
 

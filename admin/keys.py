@@ -54,11 +54,12 @@ def update_key(gateway_id: str, entity_id: str) -> Response:
         update = ApiKeyUpdate.model_validate(payload)
     except ValidationError as exc:
         raise validation_error(exc, "key") from None
-    store = get_store()
-    current = store.get("keys", entity_id, gateway_id=gateway_id)
     changes = {name: getattr(update, name) for name in ApiKeyUpdate.model_fields if name in payload}
     for name in ("name", "active"):
         if name in changes and changes[name] is None:
             raise ApiError(400, f"invalid key: {name} cannot be null", [{"loc": name, "msg": "cannot be null"}])
-    stored = store.replace("keys", entity_id, current.model_copy(update=changes), gateway_id=gateway_id)
+    store = get_store()
+    with store.transaction():  # read and write as one: two PATCHes at once both land
+        current = store.get("keys", entity_id, gateway_id=gateway_id)
+        stored = store.replace("keys", entity_id, current.model_copy(update=changes), gateway_id=gateway_id)
     return jsonify(_key_view(stored))

@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 from store.models import ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, Gateway, Rule, Service, Upstream
 from store.usage_report import GROUP_BY, UsageReport
 
-from . import gateways, keys, rules, services, upstreams, usage
+from . import config, gateways, keys, rules, services, upstreams, usage
 from .crud import API_PREFIX, Resource
 from .inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
 from .schemas import ErrorBody, UpstreamHealth
@@ -191,6 +191,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json(_ref(UpstreamHealth), "Per-target state"), **_errors(404)}},
     }
     paths.update(_usage_paths())
+    paths.update(config.openapi_paths(_errors, lambda description: _json(_ref(ErrorBody), description)))
     paths[API_PREFIX + "/openapi.json"] = {
         "get": {"summary": "This document", "operationId": "get_openapi",
                 "responses": {"200": {"description": "OpenAPI 3.1 document",

@@ -7,6 +7,7 @@ Used by `aigw demo`, the benchmark (scripts/bench.py) and the end-to-end test ha
 from __future__ import annotations
 
 import contextlib
+import shutil
 import os
 import socket
 import subprocess
@@ -52,3 +53,33 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
             proc.kill()
             proc.wait(5)
 
+
+
+class RedisProcess:
+    """A private redis-server on a loopback port: no persistence, no other client (tests, the benchmark)."""
+
+    def __init__(self, workdir: str | os.PathLike, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = os.fspath(workdir)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisProcess:
+        os.makedirs(self.workdir, exist_ok=True)
+        cmd = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+               "--dir", self.workdir, "--protected-mode", "yes", "--daemonize", "no"]
+        self.proc = start_logged(cmd, os.path.join(self.workdir, f"redis-{self.port}.log"))
+        wait_port(self.port, 15.0, self.proc, what="redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None

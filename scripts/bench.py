@@ -12,8 +12,9 @@ Scenarios (each at fixed concurrency for a fixed time, wrk when installed):
   --stream the same with `stream: true` (SSE relayed event by event)
   --realistic  SDK-like headers (20) and a gzip-compressed multi-turn body
 Then: added latency at c=1 (p50 over the mock's own), TTFT overhead for streams, chunk fidelity through a paced mock,
---failover-cost (a refused and a 500 target first), --invalid-keys (a flood of unknown keys), --streams N (N
-concurrent streams opened in a burst: errors, peak RSS, growth over a soak).
+--failover-cost (a refused and a 500 target first), --invalid-keys (a flood of unknown keys), --limits-cost (a key's
+limits kept in memory and in Redis), --streams N (N concurrent streams opened in a burst: errors, peak RSS, growth
+over a soak).
 
 Every figure is from this one run on this machine; the ratios (x bare) are what it claims, never the absolute
 numbers. CPU ms/request is the proxy process's user+system CPU over the measured run divided by its answers — on a
@@ -228,6 +229,10 @@ def run(args) -> dict:
                                              openai_body(False)).as_dict()
         if args.observability_cost:
             result["observability"] = observability_cost(b, args, data, keys["oa"])
+        if args.limits_cost:
+            import bench_limits
+            result["limits"] = bench_limits.limits_cost(b, args, data, keys["oa"], measure, gateway_headers,
+                                                        openai_body(args.stream), _median_row)
         if args.streams:
             result["streams_burst"] = streams_burst(b, args, data)
         if args.peers:
@@ -398,6 +403,9 @@ def render(res: dict) -> str:
         for name, r in res["observability"].items():
             lines.append(f"  {name:15s} {r['rps']:8.1f} req/s ({r['rps_vs_lean']:.3f} x lean)  CPU "
                          f"{r['cpu_ms_per_req']:.3f} ms/req ({r['cpu_vs_lean']:.3f} x lean)")
+    if "limits" in res:
+        import bench_limits
+        lines += bench_limits.render(res["limits"])
     if "streams_burst" in res:
         r = res["streams_burst"]
         lines.append(f"{r['streams']} concurrent streams opened over {r['burst_s']:g} s, held {r['soak_s']:g} s: "
@@ -439,6 +447,8 @@ def main() -> int:
     p.add_argument("--invalid-keys", action="store_true", help="a flood of unknown gateway keys")
     p.add_argument("--observability-cost", action="store_true",
                    help="the gateway lean, with metrics + access log, and with attempt flows too")
+    p.add_argument("--limits-cost", action="store_true",
+                   help="a key with every kind of limit, kept in memory and in Redis, against a key without")
     p.add_argument("--streams", type=int, default=0, metavar="N", help="N concurrent streams opened in a burst")
     p.add_argument("--burst", type=float, default=2.0, help="seconds over which --streams are opened")
     p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")

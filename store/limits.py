@@ -52,7 +52,11 @@ class RateLimit(Model):
         return WINDOW_SECONDS[self.window]
 
 
-Rate = Annotated[RateLimit, BeforeValidator(_rate_shorthand)]
+RATE_SHORTHAND_PATTERN = r"^\s*\d+\s*(/|per)\s*(second|minute|hour|day)s?\s*$"
+Rate = Annotated[RateLimit, BeforeValidator(
+    _rate_shorthand,
+    json_schema_input_type=RateLimit | Annotated[str, Field(pattern=RATE_SHORTHAND_PATTERN,
+                                                            examples=["60/minute", "1000 per hour"])])]
 
 
 class Budget(Model):

@@ -128,10 +128,12 @@ class Proxy:
         stop_process(self.proc)
 
 
-def start_mitmdump(data: Path, confdir: Path, *, extra: list[str] | None = None, tool: str = "mitmdump") -> Proxy:
+def start_mitmdump(data: Path, confdir: Path, *, extra: list[str] | None = None, tool: str = "mitmdump",
+                   quiet: bool = True) -> Proxy:
+    """``quiet``: mitmproxy's -q (no flow lines, no log lines below errors); False keeps the addon's info lines."""
     port, metrics_port = free_port(), free_port()
     log_path = data.parent / f"{tool}-{port}.log"
-    cmd = [str(BIN / tool), "-q", "-s", str(ROOT / "addon" / "entry.py"), "--mode", "reverse:http://127.0.0.1:9",
+    cmd = [str(BIN / tool), *(["-q"] if quiet else ["--set", "flow_detail=0"]), "-s", str(ROOT / "addon" / "entry.py"), "--mode", "reverse:http://127.0.0.1:9",
            "--listen-host", "127.0.0.1", "-p", str(port), "--set", "connection_strategy=lazy",
            "--set", f"aigw_data={data}", "--set", f"confdir={confdir}",
            "--set", f"aigw_metrics_listen=127.0.0.1:{metrics_port}"]

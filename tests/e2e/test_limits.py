@@ -35,7 +35,7 @@ def _openai(proxy, key: str, retries: int = 2) -> OpenAI:
 def test_request_limit_gives_exactly_n_then_rate_limit_errors_both_sdks(admin, proxy, mock_factory, subdomain):
     oa = mock_factory("openai-mock", "sk-oa")
     cfg = admin.guide_setup([openai_target(oa.port, key="sk-oa")], subdomain=subdomain)
-    key = _key(admin, cfg, {"requests": "3/hour"})
+    key = _key(admin, cfg, {"requests": "3/day"})
     client = _openai(proxy, key["key"])
     served = []
     for _ in range(3):
@@ -54,7 +54,7 @@ def test_request_limit_gives_exactly_n_then_rate_limit_errors_both_sdks(admin, p
     assert err.response.headers["x-ratelimit-remaining-requests"] == "0"
     assert len(oa.requests()) == 3  # nothing over the limit reached the provider
     # Anthropic's SDK sees its own error type for the same key.
-    # (No retries: this SDK waits whatever retry-after says, here most of an hour.)
+    # (No retries: this SDK waits whatever retry-after says, here hours.)
     ac = anthropic.Anthropic(base_url=proxy.base, api_key=key["key"], max_retries=0, timeout=30,
                              _strict_response_validation=True)
     with pytest.raises(anthropic.RateLimitError) as caught_a:
@@ -63,14 +63,14 @@ def test_request_limit_gives_exactly_n_then_rate_limit_errors_both_sdks(admin, p
     # The gateway's other key is not limited, and the limit shows in the key's view.
     assert _chat(proxy, cfg["key"]).status == 200
     view = admin.ok("GET", f"/gateways/{cfg['gateway']['id']}/keys/{key['id']}")
-    assert view["limits"]["requests"] == {"limit": 3, "window": "hour"}
+    assert view["limits"]["requests"] == {"limit": 3, "window": "day"}
 
 
 def test_token_limit_stops_a_key_after_reported_usage_crosses_it(admin, proxy, mock_factory, subdomain):
     oa = mock_factory("openai-mock", "sk-oa")
     cfg = admin.guide_setup([openai_target(oa.port, key="sk-oa")], subdomain=subdomain)
     limit = 40
-    key = _key(admin, cfg, {"tokens": {"limit": limit, "window": "hour"}})
+    key = _key(admin, cfg, {"tokens": {"limit": limit, "window": "day"}})
     used, answers = 0, 0
     while True:
         stream = answers % 2 == 1  # streams and JSON answers both debit
@@ -130,7 +130,7 @@ def test_concurrency_limit_refuses_while_a_stream_is_in_flight(admin, proxy, moc
 def test_target_rate_limit_moves_traffic_before_the_provider_refuses(admin, proxy, mock_factory, subdomain):
     small = mock_factory("openai-small", "sk-small")
     big = mock_factory("openai-big", "sk-big")
-    cfg = admin.guide_setup([openai_target(small.port, key="sk-small", limits={"requests": "3/hour"}),
+    cfg = admin.guide_setup([openai_target(small.port, key="sk-small", limits={"requests": "3/day"}),
                              openai_target(big.port, key="sk-big")], subdomain=subdomain)
     statuses = [_chat(proxy, cfg["key"]).status for _ in range(12)]
     assert statuses == [200] * 12  # no caller saw the limit
@@ -150,7 +150,7 @@ def test_target_rate_limit_moves_traffic_before_the_provider_refuses(admin, prox
 
 def test_every_target_limited_is_a_429_with_retry_after(admin, proxy, mock_factory, subdomain):
     oa = mock_factory("openai-mock", "sk-oa")
-    cfg = admin.guide_setup([openai_target(oa.port, key="sk-oa", limits={"requests": "2/hour"})],
+    cfg = admin.guide_setup([openai_target(oa.port, key="sk-oa", limits={"requests": "2/day"})],
                             subdomain=subdomain)
     assert [_chat(proxy, cfg["key"]).status for _ in range(2)] == [200, 200]
     r = _chat(proxy, cfg["key"])
