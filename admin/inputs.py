@@ -9,6 +9,7 @@ from flask import current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from store import Store
+from store.validation import unique_keys
 
 from .errors import ApiError
 
@@ -26,16 +27,6 @@ def get_store() -> Store:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """An object with a key given twice is ambiguous (parsers disagree on which one wins): refuse it."""
-    body = dict(pairs)
-    if len(body) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r} in an object")
-    return body
 
 
 def json_body() -> dict[str, Any]:
@@ -57,7 +48,7 @@ def json_body() -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 JSON") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=unique_keys)
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     except RecursionError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
 from providers import is_framing_header
 
@@ -84,3 +85,14 @@ def path_problem(path: str) -> str | None:
     if re.search(r"%(2f|5c|00)", base, re.IGNORECASE):
         return "path must not contain an encoded '/', '\\' or NUL"
     return None
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object_pairs_hook: an object with a key given twice is ambiguous (parsers disagree on which
+    one wins), so it is refused (admin API bodies, configuration files)."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key {duplicate!r} in an object")
+    return body

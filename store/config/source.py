@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from ..validation import unique_keys
 from .errors import ConfigError, Problem, dotted
 
 #: Larger files are refused before parsing. Thousands of gateways and tens of thousands of keys fit.
@@ -168,7 +169,7 @@ def parse_json(raw: bytes, *, name: str = "<config>", env: Mapping[str, str] | N
     if len(raw) > MAX_BYTES:
         raise _too_large(name, len(raw))
     try:
-        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=unique_keys, parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise ConfigError(Problem("", f"not UTF-8 text (byte {exc.start})"), source=name) from None
     except json.JSONDecodeError as exc:
@@ -185,15 +186,6 @@ def parse_json(raw: bytes, *, name: str = "<config>", env: Mapping[str, str] | N
 def _too_large(name: str, size: int) -> ConfigError:
     return ConfigError(Problem("", f"the file is {size / 1e6:.1f} MB; the limit is {MAX_BYTES // (1024 * 1024)} MiB"),
                        source=name, status=413)
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    body = dict(pairs)
-    if len(body) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate key {duplicate!r} in an object")
-    return body
 
 
 def _no_constant(name: str) -> Any:
