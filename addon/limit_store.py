@@ -112,7 +112,7 @@ def mask_url(url: str) -> str:
 class LimitStore:
     """Counters for the limiter. ``url`` None: in this process's memory."""
 
-    def __init__(self, url: str | None = None, *, timeout: float = 0.05,
+    def __init__(self, url: str | None = None, *, timeout: float = 0.25,
                  on_error: Callable[[], None] | None = None) -> None:
         self.url = url
         self.timeout = timeout

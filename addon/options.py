@@ -41,7 +41,7 @@ def register(loader) -> None:
     loader.add_option("aigw_redis", str, os.environ.get("AIGW_REDIS", ""),
                       "aigw: redis:// URL of the storage that rate limits, concurrency and budgets share with every "
                       "other proxy process; empty: this process's memory.")
-    loader.add_option("aigw_redis_timeout", str, "0.05",
+    loader.add_option("aigw_redis_timeout", str, "0.25",
                       "aigw: seconds a limit-storage (Redis) call may take before the on-error policy applies.")
     loader.add_option("aigw_limits_on_error", str, "open",
                       "aigw: when the limit storage cannot be reached: open (serve without limits) or closed "

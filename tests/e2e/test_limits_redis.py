@@ -47,7 +47,9 @@ def _storage_errors(proxy) -> float:
 def test_two_processes_sharing_redis_enforce_one_limit(stack, admin, mock_factory, subdomain, redis_proc):
     small = mock_factory("openai-small", "sk-small")
     big = mock_factory("openai-big", "sk-big")
-    one, two = _proxy(stack, redis_proc.url), _proxy(stack, redis_proc.url)
+    # A generous timeout: this test is about sharing, not about a slow Redis (tested below).
+    one = _proxy(stack, redis_proc.url, "--set", "aigw_redis_timeout=2")
+    two = _proxy(stack, redis_proc.url, "--set", "aigw_redis_timeout=2")
     try:
         cfg = Admin(admin.base, one.base).guide_setup(
             [openai_target(small.port, key="sk-small", limits={"requests": "4/day"}),
