@@ -28,7 +28,7 @@ import aiohttp
 import providers
 from addon import routing
 from addon.targets import origin_url, passthrough_headers, target_origin
-from addon.upstream import Attempt, UpstreamClient, response_headers
+from addon.upstream import Attempt, UpstreamClient, read_some, response_headers
 from addon.wire import WireCapture
 from providers import CanonicalRequest, GatewayError, StreamTranslator, TargetSpec, Usage
 from store.models import Failover, Rule, Target
@@ -314,8 +314,7 @@ async def _first_content(resp: aiohttp.ClientResponse, status: int, headers: dic
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError
-            async with asyncio.timeout(left):
-                chunk = await resp.content.readany()
+            chunk = await read_some(resp.content, left)
             if not chunk:
                 eof = True
                 break

@@ -147,7 +147,9 @@ def decode_body(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
     """The request body without its Content-Encoding, never more than `limit` bytes.
 
     Raises GatewayError 413 (too large once decoded, or a bomb) or 400 (unknown coding, corrupt data)."""
-    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    if not content_encoding:  # nearly every request: nothing to decode, nothing to set up
+        return bytes(raw)
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
     body: bytes | bytearray = raw
     budget = _Budget(limit, len(raw))
     for coding in reversed(codings):  # codings are listed in the order they were applied

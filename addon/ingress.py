@@ -10,7 +10,8 @@ compressed body, per-connection read deadlines, and the linear header helpers ev
 - The watchdog: a client connection must deliver a complete request head within `client_timeout` of connecting
   (or of the end of its previous answer: keep-alive idle ends then too), and a complete body within
   `client_timeout` of its head. A request being served (a long stream included) is never cut.
-- `header_items`: mitmproxy's `Headers.items()` is quadratic (one scan of every field per key); this is one pass.
+- `header_items`, `header_values`: mitmproxy's `Headers.items()` is quadratic (one scan of every field per key)
+  and each `Headers.get` is a scan; these are one pass.
 """
 
 from __future__ import annotations
@@ -69,6 +70,27 @@ def header_items(headers: Any) -> list[tuple[str, str]]:
     return [(_native(name), _native(b", ".join(values))) for name, values in folded.values()]
 
 
+def header_values(headers: Any, names: tuple[str, ...]) -> list[str | None]:
+    """`[headers.get(name) for name in names]` (lower-case names; repeated fields folded with ", ", as
+    `Headers.get` does) in one pass: each `Headers.get` scans every field.
+
+    Takes mitmproxy `Headers` (read through `.fields`) or any mapping."""
+    fields = getattr(headers, "fields", None)
+    if fields is None:
+        return [headers.get(name) for name in names]
+    wanted = {name.encode(): i for i, name in enumerate(names)}
+    found: list[list[bytes] | None] = [None] * len(names)
+    for name, value in fields:
+        i = wanted.get(name.lower())
+        if i is not None:
+            values = found[i]
+            if values is None:
+                found[i] = [value]
+            else:
+                values.append(value)
+    return [None if values is None else _native(b", ".join(values)) for values in found]
+
+
 def header_size(headers: Any) -> tuple[int, int]:
     """(number of header fields, their size on the wire: `name: value\\r\\n` each)."""
     fields = getattr(headers, "fields", None)
@@ -107,12 +129,17 @@ def check_key_headers(headers: Any) -> GatewayError | None:
     return None
 
 
+_FRAMING_FIELDS = ("transfer-encoding", "content-length")
+
+
 def declared_length(headers: Any) -> int | None:
     """The Content-Length a request declares (None: none, chunked, or not a number — mitmproxy has already
     refused a malformed one)."""
-    if headers.get("transfer-encoding"):
-        return None
-    value = headers.get("content-length")
+    chunked, value = header_values(headers, _FRAMING_FIELDS)
+    return None if chunked else _length(value)
+
+
+def _length(value: str | None) -> int | None:
     if value is None:
         return None
     try:
@@ -122,7 +149,8 @@ def declared_length(headers: Any) -> int | None:
 
 
 def has_body(headers: Any) -> bool:
-    return bool(headers.get("transfer-encoding")) or (declared_length(headers) or 0) > 0
+    chunked, value = header_values(headers, _FRAMING_FIELDS)
+    return bool(chunked) or (_length(value) or 0) > 0
 
 
 _QUERY_SECRET = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
+from addon.ingress import header_values
 from providers import GatewayError
 from store.keys import KEY_PREFIX, hash_key
 from store.models import ApiKey, Gateway, Rule, Service, Target, Upstream
@@ -29,16 +30,16 @@ class Route:
 
 
 KEY_HEADERS = ("x-tg-api-key", "x-api-key")  # X-TG-API-Key: what TrustGate's own guide sends
+_KEY_FIELDS = (*KEY_HEADERS, "authorization")  # read in one pass (client_key)
 
 
 def client_key(headers: Mapping[str, str]) -> str | None:
     """The caller's gateway key: X-TG-API-Key / X-Api-Key, else `Authorization: Bearer <key>`."""
-    for name in KEY_HEADERS:
-        key = headers.get(name)
+    *keys, auth = header_values(headers, _KEY_FIELDS)
+    for key in keys:
         if key and key.strip():
             return key.strip()
-    auth = headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
+    scheme, _, value = (auth or "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None

@@ -24,6 +24,7 @@ import aiohttp
 from addon.attempt import Opened
 from addon.health import HealthBoard, HealthPolicy
 from addon.record import RequestRecord, TokenUsage
+from addon.upstream import read_some
 
 Write = Callable[[bytes], Awaitable[None]]
 
@@ -162,8 +163,7 @@ class RelayedStream:
                 return await self._abort(write, "stream idle timeout after commit",
                                          "The provider stopped sending mid-stream.", "timeout")
             try:
-                async with asyncio.timeout(min(deadline, progress + idle) - now):
-                    chunk = await content.readany()
+                chunk = await read_some(content, min(deadline, progress + idle) - now)
                 if wire is not None:
                     wire.received(chunk)
             except TimeoutError:

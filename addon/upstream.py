@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import lru_cache
 
 import aiohttp
 from yarl import URL
@@ -65,8 +66,7 @@ class UpstreamClient:
         built (`encoded=True`): yarl would otherwise resolve dot segments and decode escapes, sending a path other
         than the one the rule matched.
         """
-        timeout = aiohttp.ClientTimeout(total=None, connect=attempt.connect_timeout,
-                                        sock_connect=attempt.connect_timeout, sock_read=None)
+        timeout = _client_timeout(attempt.connect_timeout)
         async with asyncio.timeout(attempt.connect_timeout + attempt.headers_timeout):
             return await self.session().request(
                 attempt.method, URL(attempt.url, encoded=True), headers=attempt.headers, data=attempt.body or None,
@@ -78,14 +78,33 @@ class UpstreamClient:
         chunks: list[bytes] = []
         size = 0
         while True:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await resp.content.readany()
+            chunk = await read_some(resp.content, idle_timeout)
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
             if size > limit:
                 raise GatewayError(502, "api_error", "The provider's answer is larger than the gateway accepts.")
             chunks.append(chunk)
+
+
+async def read_some(content: aiohttp.StreamReader, timeout: float) -> bytes:
+    """The next bytes of an answer (b"" at its end), waiting at most `timeout` seconds for them.
+
+    What has already arrived is taken without arming a timer (a small answer is usually whole when its headers
+    are read; a fast stream's next events are often buffered): a timer costs more than the read. Raises what
+    `readany` raises (the connection's error, TimeoutError)."""
+    chunk = content.read_nowait()
+    if chunk:
+        return chunk
+    async with asyncio.timeout(timeout):
+        return await content.readany()
+
+
+@lru_cache(maxsize=256)
+def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """aiohttp's time-outs for a connect time-out (immutable: one per value, not one per call; the values are the
+    configured connect_timeout, or what is left of a total_timeout)."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=None)
 
 
 def response_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:

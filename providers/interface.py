@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from .canonical import CanonicalRequest, CanonicalResponse, Clock, IdFactory, Usage

@@ -77,18 +77,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# What json.loads(..., parse_constant=_no_constant, parse_float=_finite_float) builds on every call: built once.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def loads_request(body: bytes | str) -> Any:
     """json.loads for a client's request body; every refusal is a GatewayError(400)."""
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     if nesting_exceeds(raw):
         raise _invalid(f"request body nests arrays/objects more than {MAX_DEPTH} levels deep")
+    encoding = json.detect_encoding(raw)
     try:
-        obj = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        obj = _DECODER.decode(raw.decode(encoding, "surrogatepass"))  # as json.loads decodes bytes
     except RecursionError:
         raise _invalid(f"request body nests arrays/objects more than {MAX_DEPTH} levels deep") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise _invalid(f"request body is not valid JSON: {e}") from None
-    if _MAYBE_SURROGATE.search(raw) or json.detect_encoding(raw) != "utf-8":
+    if encoding != "utf-8" or _MAYBE_SURROGATE.search(raw):
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as e:

@@ -20,7 +20,7 @@ from addon.routing import client_key
 from addon.targets import passthrough_headers
 from addon.gateway import GatewayAddon
 from addon.bodies import decode_body
-from addon.ingress import Ingress, Limits, header_items, mask_query
+from addon.ingress import Ingress, Limits, declared_length, has_body, header_items, header_values, mask_query
 from providers import GatewayError
 from providers.canonical import dumps
 from providers.jsonsafe import MAX_DEPTH, loads_request, nesting_exceeds
@@ -41,6 +41,30 @@ def test_header_items_folds_like_headers_items():
     h = http.Headers([(b"A", b"1"), (b"b", b"2"), (b"a", b"3"), (b"C", b"\xff")])
     assert header_items(h) == list(h.items())
     assert header_items({"x": "1"}) == [("x", "1")]
+
+
+HEADER_CASES = [
+    http.Headers([(b"Host", b"x"), (b"X-Api-Key", b"k1"), (b"x-api-key", b"k2"), (b"Authorization", b"Bearer t")]),
+    http.Headers([(b"AUTHORIZATION", b"\xff\xfe"), (b"Content-Length", b"12"), (b"content-length", b"12")]),
+    http.Headers([(b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")]),
+    http.Headers([(b"Transfer-Encoding", b""), (b"X-TG-API-Key", b" k "), (b"content-length", b"x")]),
+    http.Headers([]),
+]
+NAMES = ("x-tg-api-key", "x-api-key", "authorization", "content-length", "transfer-encoding", "absent")
+
+
+@pytest.mark.parametrize("h", HEADER_CASES)
+def test_header_values_read_like_headers_get(h):
+    """One pass over the fields gives what one Headers.get per name gives (folded, decoded the same way)."""
+    assert header_values(h, NAMES) == [h.get(n) for n in NAMES]
+    plain = dict(h.items())  # a plain mapping is read through its own get
+    assert header_values(plain, ("content-length", "Content-Length")) == [plain.get("content-length"),
+                                                                          plain.get("Content-Length")]
+
+
+def test_declared_length_and_has_body():
+    assert [declared_length(h) for h in HEADER_CASES] == [None, 12, None, None, None]
+    assert [has_body(h) for h in HEADER_CASES] == [False, True, True, False, False]
 
 
 def test_header_work_is_linear_in_the_number_of_headers():
@@ -230,9 +254,42 @@ def test_valid_unicode_and_deep_enough_json_pass():
     assert loads_request(nested) == json.loads(nested)
 
 
+@pytest.mark.parametrize("body", [
+    json.dumps(CHAT).encode(),
+    json.dumps({"a": [1.5, -2e10, 10**40, None, True], "é": "\u2028 😀"}, ensure_ascii=False).encode(),
+    json.dumps(CHAT).encode("utf-16"), json.dumps(CHAT).encode("utf-32-le"), b"\xef\xbb\xbf" + json.dumps(CHAT).encode(),
+])
+def test_request_json_reads_as_json_loads(body):
+    """The strict reader decodes bytes exactly as json.loads does (UTF-8/16/32, a BOM), values included."""
+    assert loads_request(body) == json.loads(body)
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b'{"a":1,}', b"\xff{}", b'{"a": tru}', b"[1] x"])
+def test_request_json_errors_say_what_json_loads_says(body):
+    try:
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        expected = f"request body is not valid JSON: {e}"
+    with pytest.raises(GatewayError) as got:
+        loads_request(body)
+    assert got.value.status == 400 and got.value.message == expected
+
+
 def test_dumps_never_fails_on_a_lone_surrogate():
     assert json.loads(dumps({"t": "a\ud800b", "u": "é"})) == {"t": "a\ud800b", "u": "é"}
     assert dumps({"u": "é"}) == '{"u":"é"}'.encode()
+
+
+@pytest.mark.parametrize("obj", [CHAT, {"a": [1.5, 1e-07, 10**40, None, True, "\x00\u2028é"]}, {1: 2}, "s", 3,
+                                 {"n": float("nan")}, {"t": "a\ud800b"}])
+def test_dumps_is_compact_json_dumps(obj):
+    """The one shared encoder writes what json.dumps(ensure_ascii=False, compact separators) writes."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        expected = text.encode()
+    except UnicodeEncodeError:
+        expected = json.dumps(obj, separators=(",", ":")).encode()
+    assert dumps(obj) == expected
 
 
 # -- key masking -------------------------------------------------------------------------------------------------

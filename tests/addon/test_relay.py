@@ -1,8 +1,13 @@
 """The loopback relay: one-shot tokens, chunked streaming as written, keep-alive, unknown tokens refused."""
 
 import asyncio
+from unittest import mock
+
+import aiohttp
+import pytest
 
 from addon.relay import Parked, Relay
+from addon.upstream import read_some
 
 
 async def _read_response(reader):
@@ -68,3 +73,21 @@ async def test_unclaimed_tokens_are_abandoned():
     relay.park(Parked(200, [], pump, abandoned.set))
     await asyncio.wait_for(abandoned.wait(), 3)
     await relay.stop()
+
+
+async def test_read_some_takes_what_arrived_without_a_timer_and_waits_bounded_otherwise():
+    """The upstream read of the pump and of whole answers (addon/upstream.py read_some) on aiohttp's reader."""
+    content = aiohttp.StreamReader(mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop())
+    content.feed_data(b"data: one\n\n")
+    content.feed_data(b"data: two\n\n")
+    with mock.patch("asyncio.timeout", side_effect=AssertionError("no timer for buffered data")):
+        assert await read_some(content, 0) == b"data: one\n\ndata: two\n\n"
+    with pytest.raises(TimeoutError):  # nothing buffered: the bound applies
+        await read_some(content, 0.01)
+    asyncio.get_running_loop().call_later(0.01, content.feed_data, b"data: three\n\n")
+    assert await read_some(content, 2) == b"data: three\n\n"
+    content.feed_eof()
+    assert await read_some(content, 2) == b""
+    content.set_exception(aiohttp.ClientPayloadError("cut"))
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await read_some(content, 2)

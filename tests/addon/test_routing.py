@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace as NS
 
 import pytest
+from mitmproxy import http
 
 from addon import routing
 from providers import GatewayError
@@ -125,3 +126,18 @@ def test_no_gateway_key_in_forwarded_authorization():
     out = passthrough_headers({"x-api-key": "aigw-mine", "authorization": "Bearer sk-own-provider-key"},
                               target, "aigw-mine")
     assert out["authorization"] == "Bearer sk-own-provider-key"
+
+
+@pytest.mark.parametrize("fields,key", [
+    ([(b"X-Api-Key", b"k1")], "k1"),
+    ([(b"x-api-key", b"k1"), (b"X-API-KEY", b"k2")], "k1, k2"),  # repeated fields fold, as Headers.get does
+    ([(b"Authorization", b"Bearer  jwt "), (b"X-TG-API-Key", b" k3 ")], "k3"),
+    ([(b"X-Api-Key", b"  "), (b"authorization", b"bearer tok")], "tok"),
+    ([(b"Authorization", b"Basic abc")], None),
+    ([(b"Authorization", b"Bearer")], None),
+    ([], None),
+])
+def test_client_key_reads_headers_and_mappings_alike(fields, key):
+    h = http.Headers(fields)
+    assert routing.client_key(h) == key
+    assert routing.client_key({k.lower(): v for k, v in h.items()}) == key  # a plain mapping: its own get
