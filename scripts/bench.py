@@ -2,6 +2,8 @@
 
 Systems, all in front of the same mock provider (`python -m aigw.mock`) on this machine:
   bare     mitmdump --mode reverse:<mock>              the floor: what mitmproxy itself costs
+  floor    --floor: mitmdump + scripts/floor_addon.py  one aiohttp call per request from the request hook and
+                                                       nothing else: the floor of the addon-makes-the-call design
   aigw     mitmdump + the aigw addon                   auth, routing, balancing over 2 targets, failover armed
   base     --baseline DIR: the same, with the addon from another tree (e.g. `git archive <rev> | tar -x -C DIR`)
   peers    --peers: Portkey's gateway (npm) and the LiteLLM proxy (PyPI), installed into a cache on first use
@@ -196,6 +198,10 @@ def run(args) -> dict:
         keys = {"oa": configure_gateway(data, mock_port, subdomain="oa", provider="openai"),
                 "an": configure_gateway(data, mock_port, subdomain="an", provider="anthropic")}
         systems = [b.mitmdump("bare", "--mode", f"reverse:http://127.0.0.1:{mock_port}"), b.gateway("aigw", data)]
+        if args.floor:
+            systems.append(b.mitmdump("floor", "-s", str(ROOT / "scripts" / "floor_addon.py"),
+                                      "--mode", "reverse:http://127.0.0.1:9", "--set", "connection_strategy=lazy",
+                                      "--set", f"floor_origin=http://127.0.0.1:{mock_port}"))
         for i, spec in enumerate(args.baseline or []):
             path, _, label = spec.partition("=")
             tree = Path(path).resolve()
@@ -211,7 +217,7 @@ def run(args) -> dict:
             rows: dict[str, list[dict]] = {}
             for _ in range(args.rounds):  # alternate the systems round by round: drift hits all of them alike
                 for s in systems:
-                    if s is bare:
+                    if s is bare or s.name == "floor":
                         r = measure(args, s, bare_path, bare_headers, bare_body)
                     else:
                         r = measure(args, s, "/v1/chat/completions", gateway_headers(keys[sub], sub),
@@ -264,7 +270,9 @@ def latency_c1(args, mock_port: int, systems: list[System], keys: dict) -> dict:
         row = {"direct": latency_probe(f"http://127.0.0.1:{mock_port}/v1/messages", ANTHROPIC_HEADERS, raw_a,
                                        count=count, stream=stream).as_dict()}
         for s in systems:
-            if s.name == "bare":
+            if s.name == "floor" and stream:
+                continue  # the floor reads a stream whole: it has no time to first token
+            if s.name in ("bare", "floor"):
                 p = latency_probe(s.base + "/v1/messages", ANTHROPIC_HEADERS, raw_a, count=count, stream=stream)
             else:
                 p = latency_probe(s.base + "/v1/chat/completions", gateway_headers(keys["an"], "an"), raw_o,
@@ -377,6 +385,12 @@ def render(res: dict) -> str:
             xc = r["cpu_ms_per_req"] / bare["cpu_ms_per_req"] if bare and bare["cpu_ms_per_req"] else 0
             lines.append(f"{name:9s} {sysname:8s} {r['rps']:8.1f} {x:7.3f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
                          f"{r['cpu_ms_per_req']:10.3f} {xc:7.3f} {r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
+    for name, rows in res["scenarios"].items():
+        floor, aigw, bare = rows.get("floor"), rows.get("aigw"), rows.get("bare")
+        if floor and aigw and bare and floor["rps"]:
+            lines.append(f"{name}: aigw {aigw['rps'] / floor['rps']:.3f} x floor req/s; CPU ms/req over bare: design "
+                         f"floor {floor['cpu_ms_per_req'] - bare['cpu_ms_per_req']:+.3f}, gateway logic "
+                         f"{aigw['cpu_ms_per_req'] - floor['cpu_ms_per_req']:+.3f}")
     for kind, row in res.get("latency_c1", {}).items():
         d = row["direct"]
         parts = [f"direct {d['p50_ms']:.2f} ms"] + [
@@ -453,6 +467,8 @@ def main() -> int:
     p.add_argument("--burst", type=float, default=2.0, help="seconds over which --streams are opened")
     p.add_argument("--soak", type=float, default=30.0, help="seconds the --streams load is held")
     p.add_argument("--streams-chunk-delay", type=float, default=5.0, help="seconds between the paced mock's events")
+    p.add_argument("--floor", action="store_true",
+                   help="also run the design's floor: mitmdump with a minimal call-making addon (scripts/floor_addon.py)")
     p.add_argument("--peers", action="store_true", help="also run Portkey and LiteLLM (installed on first use)")
     p.add_argument("--peer-names", nargs="*", default=None, help="which peers (default: portkey litellm)")
     p.add_argument("--set", action="append", metavar="OPTION=VALUE",
