@@ -30,7 +30,7 @@ from addon import routing
 from addon.targets import origin_url, passthrough_headers, target_origin
 from addon.upstream import Attempt, UpstreamClient, read_some, response_headers
 from addon.wire import WireCapture
-from providers import CanonicalRequest, GatewayError, StreamTranslator, TargetSpec, Usage
+from providers import CanonicalRequest, EmbeddingsRequest, GatewayError, StreamTranslator, TargetSpec, Usage
 from store.models import Failover, Rule, Target
 from store.validation import path_problem
 
@@ -89,6 +89,7 @@ class Inbound:
     rule: Rule
     canon: CanonicalRequest | None  # parsed body, when some candidate translates
     gateway_key: str | None         # the caller's gateway key (routing.client_key): never forwarded
+    embed: EmbeddingsRequest | None = None  # an embeddings request's parsed body, when some candidate has a provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +211,13 @@ def build_call(req: AttemptRequest) -> Attempt:
     problem = _stored_path_problem(target_path) if target_path else None
     if problem:
         raise GatewayError(502, "api_error", f"target misconfigured: {problem}")
-    if req.translated:
-        spec = TargetSpec(provider=target.provider, model=routing.map_model(inbound.canon.model, target),
+    requested = inbound.canon if inbound.canon is not None else inbound.embed
+    if target.provider and requested is not None:
+        spec = TargetSpec(provider=target.provider, model=routing.map_model(requested.model, target),
                           path=target_path, credentials=target.credentials, headers=target.headers or {},
                           api_version=target.api_version, max_tokens_default=target.max_tokens_default)
-        up = providers.build_upstream_request(inbound.canon, spec)
+        up = providers.build_upstream_request(inbound.canon, spec) if inbound.canon is not None else \
+            providers.build_embeddings_request(inbound.embed, spec)
         method, path, headers, body, stream = up.method, up.path, up.headers, up.body, up.stream
     else:
         # A provider target's `path` is its chat endpoint, not a base: other provider paths (models,

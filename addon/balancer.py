@@ -13,6 +13,9 @@
 Each plan advances rotating state (smooth weighted round-robin, sticky pins) exactly once, for the pick; the
 failover tail is derived without mutating anything, so a request that fails over does not skew the rotation.
 
+Sticky pins can be shared by several processes (addon/shared_state.py through addon/live.py): ``on_pin`` hears of
+every pin set, ``has_pin``/``adopt`` let a pin recalled from elsewhere stand in for a missing local one.
+
 Pure logic on one event loop: no locks, no I/O; ``rng`` and ``clock`` are injectable for deterministic tests.
 Construction is cheap (the sticky hash ring is built on first use), so rebuild a Balancer whenever the
 upstream changes; ``inherit()`` carries rotation and sticky pins over from the previous one.
@@ -157,6 +160,8 @@ class Balancer:
         self._all = [t for tier in self._tiers for t in tier.targets]
         self._pins: OrderedDict[str, tuple[Any, float]] = OrderedDict()  # sticky_key → (target id, expiry)
         self._expected: tuple[int, int] | None = None  # the current plan's request (lowest-cost)
+        # Told (sticky key, target id) of every pin set, refreshes included; must be cheap and must not raise.
+        self.on_pin: Callable[[str, Any], None] | None = None
         self._rank = {
             "round-robin": self._rank_swrr,
             "weighted-round-robin": self._rank_swrr,
@@ -213,10 +218,29 @@ class Balancer:
         pin = self._pins.get(sticky_key)
         if pin is not None and pin[0] == target.id:
             return
-        self._pins[sticky_key] = (target.id, self._clock() + self._sticky_ttl)
-        self._pins.move_to_end(sticky_key)
-        if len(self._pins) > STICKY_MAX_PINS:
-            self._pins.popitem(last=False)
+        self._pin(sticky_key, target.id, self._clock())
+
+    def has_pin(self, sticky_key: str) -> bool:
+        """Whether `sticky_key` has a live pin here (the fast path: nothing to recall from elsewhere)."""
+        pin = self._pins.get(sticky_key)
+        return pin is not None and pin[1] > self._clock()
+
+    def adopt(self, sticky_key: str, target_id: Any) -> None:
+        """Take a pin another process made (a target gone from here is ignored on lookup, like any pin)."""
+        if self.algorithm == "sticky" and not self.has_pin(sticky_key):
+            self._store_pin(sticky_key, target_id, self._clock())
+
+    def _pin(self, key: str, target_id: Any, now: float) -> None:
+        self._store_pin(key, target_id, now)
+        if self.on_pin is not None:
+            self.on_pin(key, target_id)
+
+    def _store_pin(self, key: str, target_id: Any, now: float) -> None:
+        pins = self._pins
+        pins[key] = (target_id, now + self._sticky_ttl)
+        pins.move_to_end(key)
+        if len(pins) > STICKY_MAX_PINS:
+            pins.popitem(last=False)
 
     # -- algorithms: each returns the tier's weighted available indices in attempt order -----------------
 
@@ -323,8 +347,5 @@ class Balancer:
                 ring.remove(i)
                 ring.insert(0, i)
                 pick = i
-        pins[key] = (tier.targets[pick].id, now + self._sticky_ttl)
-        pins.move_to_end(key)
-        if len(pins) > STICKY_MAX_PINS:
-            pins.popitem(last=False)
+        self._pin(key, tier.targets[pick].id, now)
         return ring

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import providers
-from addon import attempt, routing
+from addon import attempt, catalog, response_affinity, routing
 from addon.attempt import Answer, AttemptRequest, Failure, Inbound, Opened, Reason
 from addon.balancer import cheapest_first
 from addon.health import HealthPolicy
@@ -153,15 +153,22 @@ class Dispatcher:
         self.settings = settings
         self.observe = observe
         self.limiter = limiter  # None: no limits at all (unit tests of the failover loop)
+        self.catalog = catalog.Catalog()  # GET /v1/models, answered by the gateway itself
 
     async def handle(self, *, method: str, path: str, host: str, headers: Mapping[str, str],
                      body: bytes | None, request_id: str = "") -> Reply:
         """Serve one request; every failure comes back as a Reply in the caller's format. Its record goes to
         the observer when the answer is complete — for a relayed stream, when the stream ends."""
         ingress = providers.ingress_for_path(path)
+        listing = catalog.models_request(method, path, headers)
+        if listing is not None:
+            ingress = listing.ingress
         record = RequestRecord(request_id=request_id, method=method, path=path.split("?", 1)[0], ingress=ingress)
         try:
-            reply = await self._serve(self._context(ingress, method, path, host, headers, body, record))
+            if listing is not None:
+                reply = self._models(listing, host, headers, record)
+            else:
+                reply = await self._serve(await self._context(ingress, method, path, host, headers, body, record))
         except GatewayError as err:
             reply = error_response(ingress, err)
             record.error_class = err.kind
@@ -191,8 +198,8 @@ class Dispatcher:
         except Exception:
             log.exception("aigw: a request observer failed")
 
-    def _context(self, ingress: str | None, method: str, path: str, host: str, headers: Mapping[str, str],
-                 body: bytes | None, record: RequestRecord) -> RequestContext:
+    async def _context(self, ingress: str | None, method: str, path: str, host: str, headers: Mapping[str, str],
+                       body: bytes | None, record: RequestRecord) -> RequestContext:
         if body is None:
             raise GatewayError(400, "invalid_request", "The request body could not be decoded (Content-Encoding).")
         if len(body) > self.settings.max_body:
@@ -212,23 +219,44 @@ class Dispatcher:
             policy, sticky, scope = None, None, route.service.id
         else:
             sticky = sticky_key(upstream, headers, route.key)
+            await self.live.recall_pin(upstream, sticky)  # a pin another process made (aigw_redis); else nothing
             if upstream.algorithm == "lowest-cost" or self.limiter is not None and self._budgeted(route):
                 expected = expected_tokens(body)
             targets, fail_open = self.live.plan(upstream, sticky, expected)
             if not targets:
                 raise GatewayError(503, "unavailable", "No target of this upstream is available.")
             policy, scope = self.live.policy(upstream), upstream.id
-        translate = ingress is not None and any(t.provider for t in targets)
+        providers_planned = any(t.provider for t in targets)
+        translate = ingress is not None and providers_planned
         canon = providers.parse_request(ingress, body, headers=headers) if translate else None
+        embed = providers.parse_embeddings_request(body) if (
+            ingress is None and providers_planned and method == "POST" and providers.is_embeddings_path(path)) else None
         if canon is not None:
             record.requested_model, record.stream = canon.model, canon.stream
+            canon.expose_reasoning = route.gateway.reasoning_content
+        elif embed is not None:
+            record.requested_model = embed.model
+        # Responses API: a request naming a stored response goes to the target holding it (addon/response_affinity.py).
+        targets = response_affinity.restrict(targets, upstream=upstream, scope=scope, method=method, path=path,
+                                             canon=canon, health=self.live.health)
+        targets = routing.for_model(targets, record.requested_model)  # a mixed upstream: the targets of the model
         failover = upstream.failover if upstream is not None else DEFAULT_FAILOVER
         inbound = Inbound(method=method, path=path, headers=headers, body=body, rule=route.rule, canon=canon,
-                          gateway_key=route.presented_key)
+                          gateway_key=route.presented_key, embed=embed)
         return RequestContext(ingress=ingress, route=route, inbound=inbound, scope=scope, targets=targets,
                               fail_open=fail_open, policy=policy, sticky_key=sticky, failover=failover,
                               deadline=time.monotonic() + (failover.total_timeout or float("inf")), record=record,
                               expected=expected)
+
+    def _models(self, listing: catalog.ModelsRequest, host: str, headers: Mapping[str, str],
+                record: RequestRecord) -> Reply:
+        """GET /v1/models[/{id}] for an authenticated caller, whatever its gateway's rules match."""
+        snapshot = self.live.snapshot
+        caller = routing.authenticate(snapshot, host=host, headers=headers, base_domain=self.settings.base_domain)
+        record.gateway_id, record.gateway = caller.gateway.id, caller.gateway.name
+        record.key_id, record.key_prefix = caller.key.id, caller.key.key_prefix
+        answer = self.catalog.answer(snapshot, caller.gateway, listing)
+        return Reply(status=answer.status, headers=dict(answer.headers), body=answer.body)
 
     def _budgeted(self, route: routing.Route) -> bool:
         """Whether the key may switch to cheapest-first when its budget runs low."""
@@ -325,6 +353,7 @@ class Dispatcher:
             return self._failed(ctx, req.target, outcome)
         tally.attempts.append(f"{label}:{outcome.status}")
         attempts.append(AttemptRecord(req.target.id, label, "ok", outcome.status, spent, req.wire))
+        response_affinity.answered(ctx.inbound, req.key, req.target, outcome)  # Responses API: who holds the id
         if ctx.sticky_key is not None and len(tally.attempts) > 1:
             # The pinned target was passed over: pin the session to the one that served.
             self.live.balancer(ctx.route.upstream).served(ctx.sticky_key, req.target)
@@ -346,7 +375,13 @@ class Dispatcher:
             record.ttft_s = time.perf_counter() - record.started_mono
             return Reply(status=200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
                          body=outcome.body)
-        canon = ctx.inbound.canon
+        canon, embed = ctx.inbound.canon, ctx.inbound.embed
+        if target.provider and embed is not None:
+            model = routing.map_model(embed.model, target)
+            r = providers.translate_embeddings_response(embed, target.provider, model, outcome.status,
+                                                        outcome.headers, outcome.body)
+            record.usage, record.served_model = TokenUsage.of(r.usage), r.model or model
+            return Reply(status=r.status, headers=dict(r.headers), body=r.body)
         if target.provider and canon is not None:
             r = providers.translate_response(canon, target.provider, outcome.status, outcome.headers, outcome.body)
             record.usage = TokenUsage.of(r.usage)

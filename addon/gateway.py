@@ -34,6 +34,7 @@ from addon.live import LiveConfig
 from addon.record import RequestRecord
 from addon.masking import KEY_HEADERS, mask_header_value, mask_once
 from addon.probes import Prober
+from addon.shared_state import SharedState, process_identity
 from addon.relay import Relay
 from addon.upstream import UpstreamClient
 from store.usage import UsageBook, usage_path_for
@@ -60,6 +61,7 @@ class GatewayAddon:
         self.client = UpstreamClient()
         self.dispatcher: Dispatcher | None = None
         self.limiter: Limiter | None = None  # keys' and targets' limits (addon/limiter.py)
+        self.shared: SharedState | None = None  # circuits and sticky pins shared over aigw_redis
         self._started = False
         self._prober: asyncio.Task | None = None
         # Relayed streams in progress: flow id → (client connection id, stop function), and by client connection.
@@ -164,10 +166,30 @@ class GatewayAddon:
         old = self.limiter
         store = LimitStore(settings.redis, timeout=settings.timeout, on_error=self.metrics.limit_storage_error)
         self.limiter = Limiter(store, self.live.quotas, on_error=settings.on_error, denied=self.metrics.limit_denied)
+        self._set_shared(store)
         if old is not None:
             _close_later(old.store)
         if settings.redis and self._started:
             _spawn(self._check_limit_storage(), name="aigw-limit-storage-check")
+
+    def _set_shared(self, store: LimitStore) -> None:
+        """Circuit transitions and sticky pins shared with the other proxy processes over the limit store's Redis
+        connection pool (addon/shared_state.py), while aigw_redis is set."""
+        if self.shared is not None:
+            self.shared.stop()
+            self.shared = None
+        if self.live is None:
+            return
+        self.live.shared = None
+        if store.client is None:
+            return
+        worker = str(getattr(ctx.options, "aigw_worker", "") or "").strip() or None
+        self.shared = SharedState(store.client, self.live.health, timeout=store.timeout, url=store.url or "",
+                                  identity=process_identity(worker), known=self.live.configured,
+                                  on_error=self.metrics.shared_state_error)
+        self.live.shared = self.shared
+        if self._started:
+            self.shared.start(_spawn)
 
     async def _check_limit_storage(self) -> None:
         store = self.limiter.store if self.limiter is not None else None
@@ -188,6 +210,8 @@ class GatewayAddon:
             self._watchdog = _spawn(self.ingress.run_watchdog(), name="aigw-client-watchdog")
             self._start_metrics()
             _spawn(self._check_limit_storage(), name="aigw-limit-storage-check")
+            if self.shared is not None:
+                self.shared.start(_spawn)
 
     def _ready(self) -> bool:
         """For /readyz: the proxy runs, with its configuration loaded (an empty store is a configuration)."""
@@ -210,6 +234,8 @@ class GatewayAddon:
         log.info("aigw: metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, bound)
 
     def done(self) -> None:
+        if self.shared is not None:
+            self.shared.stop()
         if self.live is not None:
             self.live.stop()
         self._started = False

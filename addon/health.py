@@ -21,24 +21,36 @@ half-open trial (``probe_success``) and never resets a closed circuit's failure 
 A 401/403 says the *credential* is broken, not the provider: ``failure(..., health=False)`` keeps the error
 visible but never counts towards opening, so one bad key does not take a provider away from other upstreams.
 
-Pure logic, one event loop: no locks, no I/O; ``clock`` (monotonic seconds) and ``wall`` (epoch seconds, only
-for display) are injectable so tests are deterministic. Every operation is O(1) amortised per key.
+Several proxy processes share their verdicts (addon/shared_state.py): the board tells a listener
+(``on_transition``) each time one of its circuits opens (or its cool-down is extended), goes half-open or closes,
+and ``apply_shared`` takes what another process decided — an open circuit stays out here until its end without
+counting as a failure here, a close closes it — without telling the listener again (no echo). A circuit's
+``origin`` (in ``snapshot``) names the process whose verdict it holds, None for this one's own.
+
+Pure logic, one event loop: no locks, no I/O; ``clock`` (monotonic seconds) and ``wall`` (epoch seconds, for
+display and for the cool-down ends processes exchange) are injectable so tests are deterministic. Every operation
+is O(1) amortised per key.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-__all__ = ["HealthPolicy", "HealthBoard", "CLOSED", "OPEN", "HALF_OPEN"]
+from addon.health_policy import HealthPolicy
+
+__all__ = ["HealthPolicy", "HealthBoard", "Transition", "CLOSED", "OPEN", "HALF_OPEN", "STATES"]
+
+log = logging.getLogger("aigw.health")
 
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
+STATES = (CLOSED, OPEN, HALF_OPEN)
 
 EWMA_ALPHA = 0.3
 RETRY_AFTER_MIN_S = 1.0
@@ -49,52 +61,15 @@ _BUCKETS = 10
 
 
 @dataclass(frozen=True, slots=True)
-class HealthPolicy:
-    """How failures of one upstream's targets are judged (store's HealthChecks, resolved once per snapshot)."""
+class Transition:
+    """One circuit changed state: what a board tells its listener, and what processes exchange.
 
-    passive: bool = True
-    threshold: int = 3
-    interval: float = 60.0
-    error_ratio: float | None = None
-    min_requests: int = 10
-    active: bool = False  # active probes enabled: probe failures may open the circuit even when passive is off
+    ``until``: epoch seconds when an open circuit admits traffic again (None for the other states)."""
 
-    @property
-    def breaker(self) -> bool:
-        """Whether circuits are enforced at all (passive health from traffic, or active probes)."""
-        return self.passive or self.active
-
-    def __post_init__(self) -> None:
-        if self.threshold < 1:
-            raise ValueError("threshold must be >= 1")
-        if self.interval <= 0:
-            raise ValueError("interval must be > 0")
-        if self.error_ratio is not None and not 0 < self.error_ratio <= 1:
-            raise ValueError("error_ratio must be in (0, 1]")
-        if self.min_requests < 1:
-            raise ValueError("min_requests must be >= 1")
-
-    @classmethod
-    def from_model(cls, hc: Any) -> HealthPolicy:
-        """Build from a pydantic HealthChecks (or a mapping); None or missing fields take the defaults."""
-        if hc is None:
-            return cls()
-        get = hc.get if isinstance(hc, Mapping) else (lambda name, default: getattr(hc, name, default))
-        d = cls()
-        ratio = get("error_ratio", None)
-        active = get("active", None)
-        if isinstance(active, Mapping):
-            active_on = bool(active.get("enabled", False))
-        else:
-            active_on = bool(getattr(active, "enabled", False)) if active is not None else False
-        return cls(
-            passive=bool(get("passive", d.passive)),
-            threshold=int(get("threshold", d.threshold)),
-            interval=float(get("interval", d.interval)),
-            error_ratio=None if ratio is None else float(ratio),
-            min_requests=int(get("min_requests", d.min_requests)),
-            active=active_on,
-        )
+    key: str
+    state: str
+    until: float | None = None
+    reason: str | None = None
 
 
 class _Circuit:
@@ -103,6 +78,7 @@ class _Circuit:
     __slots__ = (
         "state", "open_until", "trial", "in_flight", "requests", "failures", "consecutive", "recent",
         "last_error", "last_error_wall", "last_failure_at", "ewma", "win", "win_width", "win_n", "win_f",
+        "origin", "origin_reason",
     )
 
     def __init__(self) -> None:
@@ -122,6 +98,8 @@ class _Circuit:
         self.win_width = 0.0
         self.win_n = 0
         self.win_f = 0
+        self.origin: str | None = None  # the process whose verdict this state is (None: this process's own)
+        self.origin_reason: str | None = None  # why that process opened it
 
     def record(self, now: float, interval: float, failed: bool) -> None:
         """Add one outcome to the sliding error-ratio window, dropping buckets older than `interval`."""
@@ -164,6 +142,8 @@ class HealthBoard:
         self._clock = clock
         self._wall = wall
         self._circuits: dict[str, _Circuit] = {}
+        # Told of every transition of this process's own making (addon/shared_state.py); must not raise or block.
+        self.on_transition: Callable[[Transition], None] | None = None
 
     def _get(self, key: str) -> _Circuit:
         c = self._circuits.get(key)
@@ -192,8 +172,11 @@ class HealthBoard:
         c.in_flight += 1
         c.requests += 1
         if c.state != CLOSED and policy.breaker and not c.trial:
+            was = c.state
             c.state = HALF_OPEN
             c.trial = True
+            if was == OPEN:
+                self._emit(key, c)
 
     def end(self, key: str) -> None:
         """A request on `key` is over (always called). Releases a trial that ended without a verdict
@@ -220,6 +203,7 @@ class HealthBoard:
             c.state = CLOSED
             c.trial = False
             c.reset_window()  # judge the recovered target on what it does from now on
+            self._emit(key, c)
 
     def failure(
         self,
@@ -250,9 +234,9 @@ class HealthBoard:
         if not (policy.passive or (probe and policy.active)):
             return
         if retry_after_s is not None:
-            self._open(c, now, min(max(float(retry_after_s), RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S))
+            self._open(key, c, now, min(max(float(retry_after_s), RETRY_AFTER_MIN_S), RETRY_AFTER_MAX_S))
         elif c.state == HALF_OPEN or (c.state == CLOSED and self._tripped(c, policy, now)):
-            self._open(c, now, policy.interval)
+            self._open(key, c, now, policy.interval)
 
     def probe_success(self, key: str, policy: HealthPolicy) -> bool:
         """An active probe got a good answer; True when that closed the circuit.
@@ -271,11 +255,8 @@ class HealthBoard:
             return False
         if c.state == HALF_OPEN and c.trial:
             return False
-        c.state = CLOSED
-        c.trial = False
-        c.consecutive = 0
-        c.recent.clear()
-        c.reset_window()
+        self._close(c)
+        self._emit(key, c)
         return True
 
     @staticmethod
@@ -286,15 +267,74 @@ class HealthBoard:
         ratio = policy.error_ratio
         return ratio is not None and c.win_n >= policy.min_requests and c.win_f >= ratio * c.win_n
 
-    @staticmethod
-    def _open(c: _Circuit, now: float, cooldown: float) -> None:
+    def _open(self, key: str, c: _Circuit, now: float, cooldown: float) -> None:
         until = now + cooldown
         if c.state == OPEN and c.open_until > until:
             until = c.open_until  # never shorten a cool-down already running (e.g. a longer Retry-After)
+        moved = c.state != OPEN or until != c.open_until or c.origin is not None
         c.state = OPEN
         c.open_until = until
         c.trial = False
         c.recent.clear()
+        if moved:
+            self._emit(key, c)
+
+    @staticmethod
+    def _close(c: _Circuit) -> None:
+        c.state = CLOSED
+        c.trial = False
+        c.consecutive = 0
+        c.recent.clear()
+        c.reset_window()
+
+    def _emit(self, key: str, c: _Circuit) -> None:
+        """A transition of this process's own making: the state is its own again, and the listener hears of it."""
+        c.origin = c.origin_reason = None
+        listener = self.on_transition
+        if listener is None:
+            return
+        until = self._wall() + (c.open_until - self._clock()) if c.state == OPEN else None
+        try:
+            listener(Transition(key, c.state, until, c.last_error if c.state == OPEN else None))
+        except Exception:  # the request path must not fail because sharing did
+            log.exception("aigw: a health transition listener failed")
+
+    # -- other processes' verdicts (addon/shared_state.py) ----------------------------------------------
+
+    def apply_shared(self, change: Transition, origin: str) -> bool:
+        """What process `origin` decided for a key; True when it changed this board. Never told to the listener.
+
+        open: the key is out until ``change.until`` (epoch), like a local cool-down (a longer one running here is
+        kept), with no failure counted here. closed: the circuit closes (another process's trial succeeded).
+        half_open: nothing — this process's cool-down ends at the same time, and the trial's verdict follows."""
+        if change.state == OPEN:
+            if change.until is None:
+                return False
+            remaining = change.until - self._wall()
+            if remaining <= 0:
+                return False
+            c = self._get(change.key)
+            until = self._clock() + min(remaining, RETRY_AFTER_MAX_S)
+            if c.state == OPEN and c.open_until >= until:
+                return False
+            c.state, c.open_until, c.trial = OPEN, until, False
+            c.origin, c.origin_reason = origin, change.reason
+            return True
+        if change.state == CLOSED:
+            c = self._circuits.get(change.key)
+            if c is None or c.state == CLOSED:
+                return False
+            self._close(c)
+            c.origin, c.origin_reason = origin, None
+            return True
+        return False
+
+    def own_open(self) -> list[Transition]:
+        """The circuits this process opened itself that are still cooling down (re-published after an outage)."""
+        now, wall = self._clock(), self._wall()
+        return [Transition(key, OPEN, wall + (c.open_until - now), c.last_error)
+                for key, c in list(self._circuits.items())
+                if c.state == OPEN and c.origin is None and c.open_until > now]
 
     def fail_open_order(self, keys: list[str]) -> list[str]:
         """Every candidate is out: order them so the one most likely to be back goes first.
@@ -341,7 +381,7 @@ class HealthBoard:
         if c is None:
             c = _Circuit()
         remaining = c.open_until - self._clock() if c.state == OPEN else 0.0
-        return {
+        doc = {
             "state": self.state(key),
             "consecutive_failures": c.consecutive,
             "last_error": c.last_error,
@@ -352,6 +392,9 @@ class HealthBoard:
             "requests": c.requests,
             "failures": c.failures,
         }
+        if c.origin is not None:  # the state is another process's verdict (addon/shared_state.py)
+            doc.update(source="shared", origin=c.origin, origin_reason=c.origin_reason)
+        return doc
 
     def export(self) -> dict[str, dict]:
         """Snapshot of every known key; fresh dicts of plain values, safe to hand to a writer thread."""

@@ -15,7 +15,10 @@ releasing its slots frees them when the lease runs out).
 
 Every Redis call is bounded (``timeout``) and never blocks the event loop (redis.asyncio). When Redis cannot be
 reached the store says so by raising :class:`StorageDown`; the limiter applies the configured policy (fail open:
-serve without the limit; fail closed: refuse with 503). The outage is logged once and counted.
+serve without the limit; fail closed: refuse with 503). The outage is logged once and counted (:class:`Outage`).
+
+The store's client (``LimitStore.client``, made by :func:`connect`) is the process's one Redis connection pool:
+addon/shared_state.py shares circuit states and sticky pins over it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import limits
 from limits import storage as sync_storage
@@ -32,6 +35,9 @@ from limits import strategies as sync_strategies
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("aigw.limits")
 
@@ -109,6 +115,38 @@ def mask_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
+def connect(url: str, timeout: float) -> aioredis.Redis:
+    """A redis.asyncio client (and its connection pool) whose every socket operation is bounded by `timeout`."""
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(redis_url(url), socket_timeout=timeout, socket_connect_timeout=timeout,
+                                   health_check_interval=30)
+
+
+class Outage:
+    """Whether a Redis answers, as its users saw it: every failed call is counted (`on_error`); the first of an
+    outage is logged, and so is the first call that works again."""
+
+    def __init__(self, what: str, url: str, consequence: str, on_error: Callable[[], None] | None = None,
+                 logger: logging.Logger = log) -> None:
+        self.what, self.url, self.consequence = what, mask_url(url), consequence
+        self._on_error = on_error or (lambda: None)
+        self._log = logger
+        self.down = False
+
+    def failed(self, why: str) -> None:
+        self._on_error()
+        if not self.down:
+            self._log.warning("aigw: %s %s unreachable (%s); %s until it answers again", self.what, self.url, why,
+                              self.consequence)
+            self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            self._log.info("aigw: %s %s answers again", self.what, self.url)
+            self.down = False
+
+
 class LimitStore:
     """Counters for the limiter. ``url`` None: in this process's memory."""
 
@@ -116,16 +154,12 @@ class LimitStore:
                  on_error: Callable[[], None] | None = None) -> None:
         self.url = url
         self.timeout = timeout
-        self._on_error = on_error or (lambda: None)
-        self._down = False
+        self._outage = Outage("limit storage", url or "", "applying the on-error policy", on_error)
         self._items: dict[tuple[int, int], limits.RateLimitItem] = {}
         self._slots: dict[str, int] = {}  # memory only
-        self._redis = None
+        self._redis: aioredis.Redis | None = None
         if url:
-            import redis.asyncio as aioredis
-
-            self._redis = aioredis.Redis.from_url(redis_url(url), socket_timeout=timeout,
-                                                  socket_connect_timeout=timeout, health_check_interval=30)
+            self._redis = connect(url, timeout)
             self._storage = RedisStorage(
                 "async+" + redis_url(url), implementation="redispy", wrap_exceptions=True,
                 key_prefix=KEY_PREFIX, connection_pool=self._redis.connection_pool)
@@ -140,6 +174,11 @@ class LimitStore:
     def shared(self) -> bool:
         return self._redis is not None
 
+    @property
+    def client(self) -> aioredis.Redis | None:
+        """The Redis client (None in memory): the one connection pool of this process's shared state too."""
+        return self._redis
+
     async def check(self) -> bool:
         """Whether the storage answers (a PING); a failure is logged like any other."""
         if self._redis is None:
@@ -150,8 +189,8 @@ class LimitStore:
                 return True
             raise StorageDown("PING failed")
         except StorageDown:
-            if not self._down:  # _call has not said so yet
-                self._failed("PING failed")
+            if not self._outage.down:  # _call has not said so yet
+                self._outage.failed("PING failed")
             return False
 
     async def close(self) -> None:
@@ -167,20 +206,10 @@ class LimitStore:
         except (StorageError, OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: B014 (documents what)
             # Whatever the client raises (connection refused, reset, timeout, a Redis error reply) means the same
             # here; CancelledError is a BaseException and goes through.
-            self._failed(type(exc).__name__)
+            self._outage.failed(type(exc).__name__)
             raise StorageDown(str(exc)) from None
-        if self._down:
-            log.info("aigw: limit storage %s answers again", mask_url(self.url or ""))
-            self._down = False
+        self._outage.answered()
         return result
-
-    def _failed(self, why: str) -> None:
-        """Count a failed call; log the first of an outage."""
-        self._on_error()
-        if not self._down:
-            log.warning("aigw: limit storage %s unreachable (%s); applying the on-error policy until it answers "
-                        "again", mask_url(self.url or ""), why)
-            self._down = True
 
     def item(self, limit: int, seconds: int) -> limits.RateLimitItem:
         """The `limits` item for N per window (cached: items are immutable)."""

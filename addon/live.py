@@ -4,7 +4,8 @@ The request path never touches TinyDB (docs/architecture.md): it reads the in-me
 task swaps when the store file changes (stat every `poll_interval`, rebuild in a worker thread, keep the last good
 one on error). Balancer state (smooth round-robin counters, sticky pins) survives a reload as long as the
 upstream's targets and algorithm are unchanged. Health lives in memory too and is published to the health file
-twice a second for the admin API (which may run in another process).
+twice a second for the admin API (which may run in another process). With `aigw_redis`, circuit transitions and
+sticky pins are shared with the other proxy processes (`shared`, addon/shared_state.py; docs/shared-state.md).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING
 
 from addon.balancer import Balancer, Plan
 from addon.health import HealthBoard, HealthPolicy
@@ -22,6 +25,9 @@ from store.health_file import health_path_for, target_key, write_health
 from store.models import HealthChecks, Target, Upstream, format_rfc3339
 from store.config.loader import ConfigFileLoader
 from store.snapshot import Snapshot, SnapshotLoader
+
+if TYPE_CHECKING:
+    from addon.shared_state import SharedState
 
 log = logging.getLogger("aigw.live")
 
@@ -50,6 +56,7 @@ class LiveConfig:
         self._identities: dict[str, tuple] = {}
         self._policies: dict[str, tuple[HealthChecks | None, HealthPolicy]] = {}  # upstream id → (its health_checks, policy)
         self._tasks: list[asyncio.Task] = []
+        self.shared: SharedState | None = None  # set by the addon while aigw_redis is on
         self._prune()  # record the identities of the targets health will be kept for
 
     @property
@@ -156,8 +163,26 @@ class LiveConfig:
         balancer = Balancer(upstream.algorithm, list(upstream.targets), sticky_ttl=ttl)
         if cached is not None and cached[0].algorithm == balancer.algorithm:
             balancer.inherit(cached[0])
+        balancer.on_pin = partial(self._pinned, upstream.id, ttl)
         self._balancers[upstream.id] = (balancer, upstream)
         return balancer
+
+    def _pinned(self, upstream_id: str, ttl: float, sticky_key: str, target_id: str) -> None:
+        if self.shared is not None:
+            self.shared.pinned(upstream_id, sticky_key, target_id, ttl)
+
+    async def recall_pin(self, upstream: Upstream, sticky_key: str | None) -> None:
+        """Before a sticky plan: a session this process holds no pin for takes the one another process made."""
+        shared = self.shared
+        if shared is None or sticky_key is None or self.balancer(upstream).has_pin(sticky_key):
+            return
+        target_id = await shared.recall(upstream.id, sticky_key)
+        if target_id is not None:
+            self.balancer(upstream).adopt(sticky_key, target_id)
+
+    def configured(self, key: str) -> bool:
+        """Whether health key `key` names a target of the current configuration."""
+        return key in self._identities
 
     def plan(self, upstream: Upstream, sticky_key: str | None = None,
              expected: tuple[int, int] | None = None) -> tuple[list[Target], bool]:

@@ -236,6 +236,7 @@ class Metrics:
                           self._fail_open, self._stream_errors, self._errors, self._attempts, self._latency,
                           self._input, self._output, self._cached, self._cost, self._limited)
         self.limit_storage_errors = 0  # limit-storage (Redis) calls that failed or timed out
+        self.shared_state_errors = 0  # shared health / sticky-pin (Redis) calls that failed, timed out or were dropped
         self._req_cache: dict[tuple, _ReqChildren] = {}
         self._tok_cache: dict[tuple, _TokChildren] = {}
         self._att_cache: dict[tuple, tuple[_Cell, _Hist]] = {}
@@ -315,6 +316,9 @@ class Metrics:
     def limit_storage_error(self) -> None:
         self.limit_storage_errors += 1
 
+    def shared_state_error(self) -> None:
+        self.shared_state_errors += 1
+
     # -- binding label tuples to series (once per tuple) -----------------------------------------------------
     @staticmethod
     def _bind(cache: dict, key: tuple, overflow: Callable[[tuple], tuple], make: Callable[..., Any]) -> Any:
@@ -379,6 +383,9 @@ class Metrics:
         yield CounterMetricFamily("aigw_metrics_errors", "observe() calls that failed.", value=self.errors)
         yield CounterMetricFamily("aigw_limit_storage_errors", "Limit-storage (Redis) calls that failed or timed "
                                   "out; the on-error policy applied.", value=self.limit_storage_errors)
+        yield CounterMetricFamily("aigw_shared_state_errors", "Shared circuit-state and sticky-pin (Redis) calls "
+                                  "that failed or timed out, and updates dropped; local state applied.",
+                                  value=self.shared_state_errors)
         alog = self._access_log
         if alog is not None:
             yield CounterMetricFamily("aigw_access_log_lines", "Access-log lines written.", value=alog.written)

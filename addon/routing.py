@@ -63,9 +63,17 @@ def subdomain_of(host: str, base_domain: str = "") -> str | None:
     return host.split(".", 1)[0]
 
 
-def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: str, method: str,
-            base_domain: str = "", now: datetime | None = None) -> Route:
-    """Find gateway, check the key, match the rule; raise GatewayError(401/404) otherwise."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the gateway the Host (or else the key) names, and the caller's usable key of it."""
+    gateway: Gateway
+    key: ApiKey
+    presented_key: str
+
+
+def authenticate(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], base_domain: str = "",
+                 now: datetime | None = None) -> Caller:
+    """Find the gateway and check the key; raise GatewayError(401/404) otherwise."""
     now = now or datetime.now(timezone.utc)
     label = subdomain_of(host, base_domain)
     gateway = snapshot.gateway_by_subdomain(label) if label else None
@@ -86,7 +94,14 @@ def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: 
         raise GatewayError(401, "authentication", "Invalid, expired or inactive API key.", code="invalid_api_key")
     if gateway.status != "active":
         raise GatewayError(404, "not_found", "This gateway is inactive.", code="gateway_not_found")
+    return Caller(gateway=gateway, key=key, presented_key=presented)
 
+
+def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: str, method: str,
+            base_domain: str = "", now: datetime | None = None) -> Route:
+    """Find gateway, check the key, match the rule; raise GatewayError(401/404) otherwise."""
+    caller = authenticate(snapshot, host=host, headers=headers, base_domain=base_domain, now=now)
+    gateway, key, presented = caller.gateway, caller.key, caller.presented_key
     check_request_path(path)
     rule = snapshot.match_rule(gateway.id, path.split("?", 1)[0], method)
     if rule is None:
@@ -150,6 +165,25 @@ def map_model(requested: str | None, target: Target) -> str | None:
     if requested and requested in (target.models or ()):
         return requested
     return target.default_model or requested
+
+
+def serves_model(target: Target, model: str) -> bool:
+    """Whether a target names `model` (in `models`, or as its `default_model`)."""
+    return model in (target.models or ()) or model == target.default_model
+
+
+def for_model(targets: list[Target], model: str | None) -> list[Target]:
+    """The plan for a request of `model`, in plan order: a target that does not name the model is dropped when
+    another target *of its provider* does (that provider's own model is meant: an upstream mixing chat and
+    embedding models sends each request to the targets of its model). Targets of other providers stay candidates
+    with their default model, as the TrustGate guide balances `gpt-4` over OpenAI and Anthropic. Unchanged when no
+    target names the model, or no model was asked for."""
+    if not model:
+        return targets
+    naming = {t.provider for t in targets if serves_model(t, model)}
+    if not naming:
+        return targets
+    return [t for t in targets if t.provider not in naming or serves_model(t, model)]
 
 
 def _without_gateway_keys(query: str) -> str:

@@ -34,6 +34,9 @@ class PublishedTargetHealth(BaseModel):
     failures: int = 0
     quota_exhausted_until: str | None = None
     quota_reason: str | None = None
+    source: Literal["shared"] | None = None
+    origin: str | None = None
+    origin_reason: str | None = None
 
 
 class TargetHealth(BaseModel):
@@ -57,6 +60,11 @@ class TargetHealth(BaseModel):
                                   "limits, or what its provider's rate-limit headers said")
     quota_reason: str | None = Field(default=None, description='What said so: "limits.requests", '
                                                                '"limits.tokens" or the provider header')
+    source: Literal["shared"] | None = Field(
+        default=None, description='"shared": the circuit state is another proxy process\'s verdict, received through '
+                                  'Redis (docs/shared-state.md); absent: this process\'s own')
+    origin: str | None = Field(default=None, description="The proxy process whose verdict it is (source shared)")
+    origin_reason: str | None = Field(default=None, description="Why that process opened the circuit")
 
 
 class UpstreamHealth(BaseModel):

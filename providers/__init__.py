@@ -5,7 +5,7 @@ bytes and dicts out. Hub and spoke over providers/canonical.py.
 Public API used by addon/:
 
     GatewayError(status, kind, message, *, param=None, code=None, retry_after=None)
-    ingress_for_path(path) -> "openai" | "anthropic" | None
+    ingress_for_path(path) -> "openai" | "anthropic" | "openai-responses" | None
     parse_request(ingress, body, headers=None) -> CanonicalRequest   (.model, .stream, .ingress)
     TargetSpec(provider, model, path=None, credentials=None, headers={}, api_version=None, max_tokens_default=None)
     UpstreamRequest(method, path, headers, body, stream)
@@ -17,6 +17,10 @@ Public API used by addon/:
     usage_from_body(provider, body) -> Usage | None   (an untranslated JSON answer; never raises)
     Usage(prompt_tokens, completion_tokens, cache_read, cache_write, reasoning)  (.total, .uncached_input)
     error_reply(ingress, err) -> Reply
+    is_embeddings_path(path) -> bool;  parse_embeddings_request(body) -> EmbeddingsRequest  (.model, .count)
+    build_embeddings_request(req, target) -> UpstreamRequest   (OpenAI family, Gemini; 400: not for this target)
+    translate_embeddings_response(req, provider, model, status, headers, body) -> Reply   (OpenAI's shape)
+    response_id_in_body(body) / response_id_in_events(data) -> str | None   (a Responses answer's id)
     open_stream(req, provider, *, now=None, new_id=None) -> StreamTranslator
         .feed(bytes) -> bytes   .finish() -> bytes   .abort(message, kind="api_error") -> bytes
         .committed  .upstream_error  .done  .usage -> Usage | None  .model -> str | None
@@ -35,14 +39,20 @@ from .api import (
     is_framing_header, open_stream, parse_request, translate_response, usage_from_body,
 )
 from .canonical import CanonicalRequest, Usage
+from .embeddings import (
+    EmbeddingsRequest, build_embeddings_request, is_embeddings_path, parse_embeddings_request,
+    translate_embeddings_response,
+)
 from .errors import GatewayError
 from .interface import Reply, TargetSpec, UpstreamRequest
 from .registry import INGRESSES, PROVIDERS
+from .responses_passthrough import response_id_in_body, response_id_in_events
 from .streaming import StreamTranslator
 
 __all__ = [
     "GatewayError", "CanonicalRequest", "TargetSpec", "UpstreamRequest", "Reply", "StreamTranslator", "Usage",
     "ingress_for_path", "parse_request", "build_upstream_request", "default_origin", "auth_headers",
     "translate_response", "error_reply", "open_stream", "PROVIDERS", "INGRESSES", "FRAMING_HEADERS",
-    "is_framing_header", "usage_from_body",
+    "is_framing_header", "usage_from_body", "EmbeddingsRequest", "is_embeddings_path", "parse_embeddings_request",
+    "build_embeddings_request", "translate_embeddings_response", "response_id_in_body", "response_id_in_events",
 ]

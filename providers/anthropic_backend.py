@@ -6,12 +6,15 @@ import json
 from typing import Any
 
 from .canonical import (
-    CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, Tool, ToolCallPart,
-    ToolResultPart, Usage, put_settings,
+    DYNAMIC_BUDGET, EFFORT_BUDGETS, CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart,
+    TextPart, ThinkingPart, Tool, ToolCallPart, ToolResultPart, Usage, put_settings,
 )
 from .errors import GatewayError, invalid
 from .interface import Backend, Passthrough, TargetSpec
-from .anthropic_wire import DEFAULT_MAX_TOKENS, FINISH_IN, event_error, safe_tool_id, usage_from
+from .anthropic_wire import (
+    DEFAULT_MAX_TOKENS, FINISH_IN, MIN_THINKING_BUDGET, THINKING_BLOCKS, event_error, safe_tool_id, thinking_block,
+    thinking_part, usage_from,
+)
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -65,9 +68,46 @@ def encode(req: CanonicalRequest, model: str, max_tokens_default: int | None) ->
             choice["disable_parallel_tool_use"] = True
         if choice is not None:
             body["tool_choice"] = choice
+    _thinking(body, req)
     if req.stream:
         body["stream"] = True
     return body
+
+
+def _thinking(body: dict, req: CanonicalRequest) -> None:
+    """The caller's reasoning as `thinking`, with what Anthropic demands of a thinking request (docs/translation.md,
+    Reasoning): budget_tokens ≥ 1024 and below max_tokens (raised to budget + max_tokens when it is not above the
+    budget), temperature and top_k unset, top_p ≥ 0.95. Thinking stays off where Anthropic refuses it: a forced
+    tool_choice, an assistant prefill, or a tool-use turn that does not open with a signed thinking block."""
+    budget = req.reasoning.tokens if req.reasoning is not None else None
+    if budget is None:
+        return
+    if budget == 0:
+        body["thinking"] = {"type": "disabled"}
+        return
+    if budget == DYNAMIC_BUDGET:
+        budget = EFFORT_BUDGETS["medium"]
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool") or not _may_think(body["messages"]):
+        return
+    budget = max(budget, MIN_THINKING_BUDGET)
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if body["max_tokens"] <= budget:
+        body["max_tokens"] += budget
+    body.pop("temperature", None)
+    body.pop("top_k", None)
+    if "top_p" in body:
+        body["top_p"] = max(body["top_p"], 0.95)
+
+
+def _may_think(messages: list[dict]) -> bool:
+    """Whether Anthropic takes thinking for this conversation: not after an assistant prefill, and the last
+    assistant turn, when it called tools, must open with a thinking block."""
+    if messages[-1]["role"] == "assistant":
+        return False
+    last = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), None)
+    if last is None or not any(b["type"] == "tool_use" for b in last):
+        return True
+    return last[0]["type"] in THINKING_BLOCKS
 
 
 def _json_hint(rf: dict | None) -> str | None:
@@ -111,6 +151,8 @@ def _block(p: Any) -> dict | None:
         if p.is_error:
             out["is_error"] = True
         return out
+    if isinstance(p, ThinkingPart):
+        return thinking_block(p)
     if isinstance(p, tuple):
         raise invalid(f"content of type '{p[1]}' cannot be sent to an anthropic target", param="messages")
     return None
@@ -130,6 +172,10 @@ def parse_response(obj: Any) -> CanonicalResponse:
             inp = b.get("input")
             parts.append(ToolCallPart(str(b.get("id") or ""), str(b.get("name") or ""),
                                       arguments_obj=inp if isinstance(inp, dict) else {}))
+        elif b.get("type") in THINKING_BLOCKS:
+            thought = thinking_part(b)
+            if thought is not None:
+                parts.append(thought)
     return CanonicalResponse(id=str(obj.get("id") or ""), model=str(obj.get("model") or ""), parts=parts,
                              finish=FINISH_IN.get(obj.get("stop_reason") or "end_turn", "stop"),
                              stop_sequence=obj.get("stop_sequence"), usage=usage_from(obj.get("usage")))
@@ -161,6 +207,10 @@ class AnthropicSource(Source):
             dt = d.get("type")
             if dt == "text_delta":
                 sink.text(d.get("text") or "")
+            elif dt == "thinking_delta":
+                sink.thinking(d.get("thinking") or "")
+            elif dt == "signature_delta" and isinstance(d.get("signature"), str):
+                sink.thinking_signature(d["signature"])
             elif dt == "input_json_delta":
                 blk = self._blocks.get(obj.get("index"))
                 frag = d.get("partial_json") or ""
@@ -175,6 +225,10 @@ class AnthropicSource(Source):
                 self._tools += 1
             elif cb.get("type") == "text" and cb.get("text"):
                 sink.text(cb["text"])
+            elif cb.get("type") == "thinking" and cb.get("thinking"):
+                sink.thinking(cb["thinking"])
+            elif cb.get("type") == "redacted_thinking" and isinstance(cb.get("data"), str):
+                sink.redacted_thinking(cb["data"])
         elif t == "content_block_stop":
             blk = self._blocks.get(obj.get("index"))
             if blk is not None and not blk[1]:

@@ -6,12 +6,16 @@ import json
 from typing import Any
 
 from .canonical import (
-    NUM, CanonicalRequest, CanonicalResponse, Clock, IdFactory, MediaPart, Message, RefusalPart, TextPart,
-    Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage, dumps, fill_tool_result_names, merge_messages, want,
+    DYNAMIC_BUDGET, NUM, CanonicalRequest, CanonicalResponse, Clock, IdFactory, MediaPart, Message, Reasoning,
+    RefusalPart, TextPart, ThinkingPart, Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage, dumps,
+    fill_tool_result_names, merge_messages, want,
 )
 from .errors import GatewayError, invalid
 from .interface import Client
-from .anthropic_wire import FINISH_OUT, error_event, error_obj, safe_tool_id, usage_obj
+from .anthropic_wire import (
+    FINISH_OUT, MIN_THINKING_BUDGET, THINKING_BLOCKS, error_event, error_obj, safe_tool_id, thinking_block,
+    thinking_part, usage_obj,
+)
 from .streaming import Sink
 
 def _blocks(content: Any, where: str, role: str) -> list:
@@ -43,8 +47,12 @@ def _blocks(content: Any, where: str, role: str) -> list:
             inner = [] if c is None else [p for p in _blocks(c, w, role) if isinstance(p, (TextPart, MediaPart))]
             parts.append(ToolResultPart(b["tool_use_id"], inner, is_error=bool(b.get("is_error")),
                                         text_form=not isinstance(c, list)))
-        elif t in ("thinking", "redacted_thinking"):
-            continue  # only meaningful to Anthropic itself, which is served from the raw body
+        elif t in THINKING_BLOCKS:
+            thought = thinking_part(b)
+            if thought is None:
+                raise invalid(f"'{w}' needs a string " + ("thinking" if t == "thinking" else "data"),
+                              param="messages")
+            parts.append(thought)
         else:
             parts.append(("opaque", str(t)))
     return parts
@@ -125,9 +133,36 @@ def parse_request(obj: dict) -> CanonicalRequest:
         req.tool_choice = ToolChoice(mode, tc.get("name"))
         if tc.get("disable_parallel_tool_use"):
             req.parallel_tool_calls = False
+    req.reasoning = _reasoning(obj, req.max_tokens)
     # Anthropic streams always carry usage; an OpenAI-family upstream is asked for it explicitly.
     req.include_usage = True
     return req
+
+
+def _reasoning(obj: dict, max_tokens: int | None) -> Reasoning | None:
+    """`thinking` → Reasoning, checked as Anthropic checks it: enabled needs budget_tokens ≥ 1024 and below
+    max_tokens (when the caller gave max_tokens; otherwise the target's default is filled later). Adaptive
+    thinking lets the model decide: a dynamic budget."""
+    th = want(obj, "thinking", (dict,), "an object")
+    if th is None:
+        return None
+    kind = th.get("type")
+    if kind == "disabled":
+        return Reasoning(budget=0)
+    if kind == "adaptive":
+        return Reasoning(budget=DYNAMIC_BUDGET, include=True)
+    if kind != "enabled":
+        raise invalid("thinking: Input tag found using 'type' does not match any of the expected tags: "
+                      "'enabled', 'disabled', 'adaptive'", param="thinking")
+    budget = th.get("budget_tokens")
+    if type(budget) is not int:
+        raise invalid("thinking.enabled.budget_tokens: Input should be a valid integer", param="thinking")
+    if budget < MIN_THINKING_BUDGET:
+        raise invalid(f"thinking.enabled.budget_tokens: Input should be greater than or equal to "
+                      f"{MIN_THINKING_BUDGET}", param="thinking")
+    if max_tokens is not None and budget >= max_tokens:
+        raise invalid("`max_tokens` must be greater than `thinking.budget_tokens`.", param="max_tokens")
+    return Reasoning(budget=budget, include=True)
 
 
 # =============================================================== responses
@@ -148,6 +183,10 @@ def render_response(resp: CanonicalResponse, new_id: IdFactory) -> dict:
                     content.append({"type": "text", "text": p.text})
         elif isinstance(p, ToolCallPart):
             content.append({"type": "tool_use", "id": safe_tool_id(p.id), "name": p.name, "input": p.input})
+        elif isinstance(p, ThinkingPart):
+            block = thinking_block(p)  # None for unsigned reasoning: Anthropic would refuse it on the next turn
+            if block is not None:
+                content.append(block)
     reason = FINISH_OUT.get(resp.finish, "end_turn")
     return {"id": message_id(resp.id, new_id), "type": "message", "role": "assistant", "model": resp.model,
             "content": content, "stop_reason": reason,
@@ -167,12 +206,13 @@ class AnthropicSink(Sink):
         self._new_id = new_id
         self._started = False
         self._index = -1
-        self._open: str | None = None          # kind of the open block: "text" | "tool" | None
+        self._open: str | None = None          # kind of the open block: "text" | "tool" | "thinking" | None
         self._tool_blocks: dict[int, int] = {}  # tool ordinal → block index
         self._reason: str | None = None
         self._stop_sequence: str | None = None
         self._usage: Usage | None = None
         self._model = ""
+        self._thinking: list[str] = []          # the reasoning fragments waiting for their block's signature
 
     def _ev(self, name: str, obj: dict) -> None:
         self.out.append(b"event: " + name.encode() + b"\ndata: " + dumps(obj) + b"\n\n")
@@ -198,6 +238,7 @@ class AnthropicSink(Sink):
 
     def _open_block(self, kind: str, block: dict) -> None:
         self._close_block()
+        self._thinking = []  # reasoning that got no signature is never shown: Anthropic refuses it back
         self._index += 1
         self._open = kind
         self._ev("content_block_start", {"type": "content_block_start", "index": self._index, "content_block": block})
@@ -211,6 +252,33 @@ class AnthropicSink(Sink):
         self.committed = True
         self._ev("content_block_delta", {"type": "content_block_delta", "index": self._index,
                                          "delta": {"type": "text_delta", "text": s}})
+
+    def thinking(self, s: str) -> None:
+        # Held until the signature arrives: only a signed block can be sent back on the next turn.
+        if s and self._reason is None:
+            self._thinking.append(s)
+
+    def thinking_signature(self, signature: str) -> None:
+        """The held reasoning as one thinking block, streamed as Anthropic does: block start, thinking_delta
+        events, signature_delta, block stop. Thinking does not commit the stream."""
+        if self._reason is not None:
+            return
+        fragments = self._thinking
+        self._ensure_started()
+        self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+        for f in fragments:
+            self._ev("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                             "delta": {"type": "thinking_delta", "thinking": f}})
+        self._ev("content_block_delta", {"type": "content_block_delta", "index": self._index,
+                                         "delta": {"type": "signature_delta", "signature": signature}})
+        self._close_block()
+
+    def redacted_thinking(self, data: str) -> None:
+        if self._reason is not None:
+            return
+        self._ensure_started()
+        self._open_block("redacted_thinking", {"type": "redacted_thinking", "data": data})
+        self._close_block()
 
     def refusal(self, s: str) -> None:
         # Anthropic has no refusal block: the refusal text is the answer, stop_reason says "refusal".

@@ -6,11 +6,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .canonical import Usage, dumps, token_counts
+from .canonical import ThinkingPart, Usage, dumps, token_counts
 from .errors import ANTHROPIC_TYPE, ANTHROPIC_TYPE_TO_KIND, DEFAULT_STATUS, GatewayError
 
 # max_tokens when neither the client nor the target gives one: Anthropic requires the field.
 DEFAULT_MAX_TOKENS = 4096
+
+# Anthropic's smallest thinking budget_tokens.
+MIN_THINKING_BUDGET = 1024
+# The block types that carry a model's reasoning.
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 FINISH_IN = {"end_turn": "stop", "max_tokens": "length", "stop_sequence": "stop_sequence",
              "tool_use": "tool_calls", "pause_turn": "pause_turn", "refusal": "refusal",
@@ -28,6 +33,26 @@ def safe_tool_id(tool_id: str) -> str:
     if not tool_id:
         return "toolu_empty"
     return _BAD_ID_CHARS.sub("_", tool_id)
+
+
+def thinking_block(p: ThinkingPart) -> dict | None:
+    """A ThinkingPart as the block Anthropic takes back: `redacted_thinking` with its data, `thinking` with its
+    signature; None for reasoning without a signature (another family's), which Anthropic refuses."""
+    if p.redacted is not None:
+        return {"type": "redacted_thinking", "data": p.redacted}
+    if p.signature:
+        return {"type": "thinking", "thinking": p.text, "signature": p.signature}
+    return None
+
+
+def thinking_part(b: dict) -> ThinkingPart | None:
+    """A `thinking` / `redacted_thinking` block of an answer → ThinkingPart; None for another block."""
+    if b.get("type") == "thinking" and isinstance(b.get("thinking"), str):
+        sig = b.get("signature")
+        return ThinkingPart(b["thinking"], signature=sig if isinstance(sig, str) and sig else None)
+    if b.get("type") == "redacted_thinking" and isinstance(b.get("data"), str):
+        return ThinkingPart(redacted=b["data"])
+    return None
 
 
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")

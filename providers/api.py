@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 from . import registry
 from .canonical import CanonicalRequest, IdFactory, Usage, default_new_id, dumps
 from .errors import GatewayError, retry_headers
-from .interface import Reply, TargetSpec, UpstreamRequest
+from .interface import Backend, Reply, TargetSpec, UpstreamRequest
 from .jsonsafe import loads_request
 from .streaming import StreamTranslator
 
@@ -74,34 +74,52 @@ def auth_headers(provider: str, credentials: Any) -> dict[str, str]:
     return registry.backend_or_generic(provider).auth_headers(credentials)
 
 
-def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> UpstreamRequest:
-    provider = target.provider
-    backend, same_family = registry.route(req.ingress, provider)
-    model = target.model or req.model
+def checked_model(model: str | None) -> str:
+    """The model an upstream request names: present and a plausible id, else the caller's 400."""
     if not model:
         raise GatewayError(400, "invalid_request", "no model given and the target has no default model", param="model")
     if not _MODEL_ID.fullmatch(model):
         raise GatewayError(400, "invalid_request", f"model {model[:80]!r} is not a valid model id (visible ASCII "
                            "characters, at most 256)", param="model", code="invalid_model")
-    try:
-        body = (same_family if same_family is not None else backend).build_body(req, model, target)
-    except _SHAPE_ERRORS as e:
-        raise GatewayError(400, "invalid_request", f"request cannot be translated for {provider}: {e}") from None
+    return model
+
+
+def upstream_headers(backend: Backend, target: TargetSpec, client_headers: Mapping[str, str] | None = None
+                     ) -> dict[str, str]:
+    """The headers of a JSON request to `backend`: content type, auth, version headers, the client's forwarded
+    ones (same family only), then the target's own (which replace a version header of the same name); framing
+    headers are never taken from configuration."""
     headers = {"content-type": "application/json"}
     headers.update(backend.auth_headers(target.credentials))
     headers.update(backend.version_headers)
-    if same_family is not None:
-        headers.update(req.client_headers)
+    if client_headers:
+        headers.update(client_headers)
     for k, v in (target.headers or {}).items():
         if k.lower() in backend.version_headers:
             headers.pop(k.lower(), None)
         headers[k] = v
     for k in [k for k in headers if is_framing_header(k)]:
         del headers[k]
+    return headers
+
+
+def build_upstream_request(req: CanonicalRequest, target: TargetSpec) -> UpstreamRequest:
+    provider = target.provider
+    backend, same_family = registry.route(req.ingress, provider)
+    model = checked_model(target.model or req.model)
+    if same_family is None:
+        registry.client(req.ingress).check_translatable(req, provider)  # 400: not for this target
+    try:
+        body = (same_family if same_family is not None else backend).build_body(req, model, target)
+    except _SHAPE_ERRORS as e:
+        raise GatewayError(400, "invalid_request", f"request cannot be translated for {provider}: {e}") from None
+    headers = upstream_headers(backend, target, req.client_headers if same_family is not None else None)
     if req.stream:
         headers["accept"] = "text/event-stream"
         headers["accept-encoding"] = "identity"
-    return UpstreamRequest("POST", backend.path(req, target, model), headers, dumps(body), req.stream)
+    path = same_family.path(backend, req, target, model) if same_family is not None else \
+        backend.path(req, target, model)
+    return UpstreamRequest("POST", path, headers, dumps(body), req.stream)
 
 
 def default_origin(provider: str) -> tuple[str, str, int]:
@@ -140,7 +158,7 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
     model = backend.model_of(obj)
     if same_family is not None:
         out_body = same_family.response_body(obj, body, now or time.time)
-        return Reply(status, dict(_JSON), out_body, backend.usage_of(obj), model)
+        return Reply(status, dict(_JSON), out_body, same_family.usage_of(backend, obj), model)
     try:
         resp = backend.parse_response(obj, req, new_id)
     except _SHAPE_ERRORS:

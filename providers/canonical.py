@@ -74,7 +74,17 @@ class RefusalPart:
     type: str = "refusal"
 
 
-Part = Union[TextPart, MediaPart, ToolCallPart, ToolResultPart, RefusalPart]
+@dataclass
+class ThinkingPart:
+    """A model's reasoning: visible `text` with the provider's `signature` (Anthropic), or `redacted` opaque data
+    (Anthropic redacted_thinking). Only a provider of the family that produced it can take it back."""
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+    type: str = "thinking"
+
+
+Part = Union[TextPart, MediaPart, ToolCallPart, ToolResultPart, RefusalPart, ThinkingPart]
 
 
 @dataclass
@@ -95,6 +105,47 @@ class Tool:
 class ToolChoice:
     mode: str                          # "auto" | "required" | "none" | "tool"
     name: str | None = None
+
+
+# OpenAI's reasoning efforts, in order (one source: each family maps them; docs/translation.md gives the budgets).
+REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh", "max")
+REASONING_OFF = "none"             # the effort that turns reasoning off (OpenAI's "none")
+DYNAMIC_BUDGET = -1                # a budget the provider chooses (Gemini's -1)
+# The one table: the thinking budget (tokens) each effort means on every provider that takes a budget. Every value
+# is within Anthropic's (≥ 1024) and Gemini 2.5's ranges (Flash: ≤ 24576, so only "max" exceeds it there).
+EFFORT_BUDGETS: dict[str, int] = {"minimal": 1024, "low": 4096, "medium": 8192, "high": 16384, "xhigh": 24576,
+                                  "max": 32768}
+
+
+@dataclass
+class Reasoning:
+    """What the caller asked of the model's thinking: an `effort` (REASONING_EFFORTS, or "none": off) and/or an
+    explicit token `budget` (Anthropic budget_tokens, Gemini thinkingBudget; 0 = off, -1 = the provider decides).
+    `include` asks for the reasoning itself in the answer where the provider can give it."""
+    effort: str | None = None
+    budget: int | None = None
+    include: bool = False
+
+    @property
+    def tokens(self) -> int | None:
+        """The budget this setting means: the explicit budget, else the effort's (EFFORT_BUDGETS; 0 for "none");
+        None when neither says anything."""
+        if self.budget is not None:
+            return self.budget
+        if self.effort == REASONING_OFF:
+            return 0
+        return EFFORT_BUDGETS.get(self.effort or "")
+
+    @property
+    def level(self) -> str | None:
+        """The effort this setting means: the explicit effort, else the highest level whose budget the budget
+        reaches ("minimal" below that); None when it is off (0), dynamic (-1) or unset: the model's default."""
+        if self.effort is not None:
+            return self.effort
+        if self.budget is None or self.budget <= 0:
+            return None
+        reached = [e for e in REASONING_EFFORTS if EFFORT_BUDGETS[e] <= self.budget]
+        return reached[-1] if reached else REASONING_EFFORTS[0]
 
 
 @dataclass
@@ -119,6 +170,10 @@ class CanonicalRequest:
     user: str | None = None
     response_format: dict | None = None
     include_usage: bool = False
+    reasoning: Reasoning | None = None
+    # Render the model's reasoning as `reasoning_content` for an OpenAI-format caller (the gateway's switch,
+    # set by the dispatcher; other formats ignore it).
+    expose_reasoning: bool = False
     legacy_functions: bool = False
     # Shortened tool name → original, filled when a target limits names (see openai_backend.short_name).
     tool_names: dict = field(default_factory=dict)
@@ -202,8 +257,12 @@ IdFactory = Callable[[str], str]
 Clock = Callable[[], float]
 
 
+# What json.dumps(obj, ensure_ascii=False, separators=(",", ":")) builds on every call: built once.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(obj: Any) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(obj)
     try:
         return text.encode()
     except UnicodeEncodeError:

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .canonical import (
-    CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, ToolCallPart,
+    CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, ThinkingPart, ToolCallPart,
     ToolResultPart, Usage, put_settings, token_counts,
 )
 from .errors import GatewayError, invalid, parse_error_body
@@ -179,6 +179,9 @@ def encode(req: CanonicalRequest) -> dict:
         schema = (rf.get("json_schema") or {}).get("schema") if rf["type"] == "json_schema" else None
         if isinstance(schema, dict):
             gc["responseSchema"] = clean_schema(schema)
+    thinking = _thinking_config(req)
+    if thinking:
+        gc["thinkingConfig"] = thinking
     if gc:
         body["generationConfig"] = gc
     if req.tools:
@@ -198,6 +201,19 @@ def encode(req: CanonicalRequest) -> dict:
                 fcc["allowedFunctionNames"] = [gemini_name(tc.name or "", req.tool_names)]
             body["toolConfig"] = {"functionCallingConfig": fcc}
     return body
+
+
+def _thinking_config(req: CanonicalRequest) -> dict[str, Any]:
+    """The caller's reasoning as `thinkingConfig`: the budget of the effort table (0: off, -1: dynamic, a caller's
+    budget as is) and `includeThoughts` when the caller will see the reasoning (an Anthropic caller that asked for
+    thinking, or a gateway that exposes reasoning_content). Nothing asked: Gemini's default."""
+    budget = req.reasoning.tokens if req.reasoning is not None else None
+    out: dict[str, Any] = {}
+    if budget is not None:
+        out["thinkingBudget"] = budget
+    if budget != 0 and ((req.reasoning is not None and req.reasoning.include) or req.expose_reasoning):
+        out["includeThoughts"] = True
+    return out
 
 
 _USAGE_KEYS = ("promptTokenCount", "candidatesTokenCount", "cachedContentTokenCount", "thoughtsTokenCount")
@@ -237,12 +253,18 @@ def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None,
         raise GatewayError(502, "api_error", "upstream returned a malformed gemini response")
     if isinstance(obj.get("error"), dict):
         raise parse_error_body(int(obj["error"].get("code") or 502), obj)
-    visible, reason, answered = _first_candidate(obj)
+    parts_in, reason, answered = _first_candidate(obj)
     if not answered:
         raise GatewayError(502, "api_error", "upstream returned a gemini response without candidates")
     parts: list = []
-    for p in visible:
-        if isinstance(p.get("text"), str):
+    for p in parts_in:
+        if p.get("thought"):
+            if isinstance(p.get("text"), str):
+                if parts and isinstance(parts[-1], ThinkingPart):
+                    parts[-1].text += p["text"]
+                else:
+                    parts.append(ThinkingPart(p["text"]))
+        elif isinstance(p.get("text"), str):
             if parts and isinstance(parts[-1], TextPart):
                 parts[-1] = TextPart(parts[-1].text + p["text"])
             else:
@@ -259,13 +281,13 @@ def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None,
 
 
 def _first_candidate(obj: dict) -> tuple[list[dict], str | None, bool]:
-    """The first candidate's visible parts (thoughts left out) and finish reason, shared by the JSON and stream
-    readers; a blocked prompt finishes as SAFETY. The flag is False when the answer holds nothing at all."""
+    """The first candidate's parts (thoughts, `thought: true`, included) and finish reason, shared by the JSON and
+    stream readers; a blocked prompt finishes as SAFETY. The flag is False when the answer holds nothing at all."""
     cands = obj.get("candidates") or []
     if cands and isinstance(cands[0], dict):
         c = cands[0]
         raw = (c.get("content") or {}).get("parts") or []
-        parts = [p for p in raw if isinstance(p, dict) and not p.get("thought")]
+        parts = [p for p in raw if isinstance(p, dict)]
         return parts, c.get("finishReason"), True
     if (obj.get("promptFeedback") or {}).get("blockReason"):
         return [], "SAFETY", True
@@ -322,9 +344,12 @@ class GeminiSource(Source):
             u = usage_from(obj["usageMetadata"])  # cumulative: the last one wins
             if u is not None:
                 self.reported_usage = u
-        visible, reason, _ = _first_candidate(obj)
-        for p in visible:
-            if isinstance(p.get("text"), str):
+        parts_in, reason, _ = _first_candidate(obj)
+        for p in parts_in:
+            if p.get("thought"):
+                if isinstance(p.get("text"), str):
+                    sink.thinking(p["text"])
+            elif isinstance(p.get("text"), str):
                 sink.text(p["text"])
             elif isinstance(p.get("functionCall"), dict):
                 if self._single_call and self._tools:

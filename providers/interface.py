@@ -10,7 +10,9 @@ A family has up to three parts, each a small object the registry (registry.py) n
   every backend), parsing a response into canonical, the stream *source* that reads the provider's SSE
   into canonical calls, and parsing an error body.
 - `Passthrough`: the same family on both sides. The client's own body goes upstream with the edits the
-  target needs, and answers pass near-verbatim (a round trip through the hub would lose fields).
+  target needs, and answers pass near-verbatim (a round trip through the hub would lose fields). A backend holds
+  one per client format it serves natively (`Backend.passthroughs`: the OpenAI backend serves both Chat
+  Completions and Responses clients so).
 
 The split follows the life of a request as a translator sees it (request body → upstream headers and
 body; response body, complete or stream events up to end of stream; error body), with the hub in the
@@ -84,6 +86,10 @@ class Client(ABC):
     def error_body(self, err: GatewayError) -> bytes:
         """A GatewayError as this format's error body."""
 
+    def check_translatable(self, req: CanonicalRequest, provider: str) -> None:
+        """Raise GatewayError(400) when `req` asks what a `provider` target served through the hub cannot do
+        (called only on the hub's path; a pass-through target gets the client's body as it is)."""
+
 
 class Passthrough(ABC):
     """Serving a client from a backend of its own family."""
@@ -106,6 +112,14 @@ class Passthrough(ABC):
     def relay(self, req: CanonicalRequest) -> Source:
         """A stream relay: a Source that is its own Sink, re-framing events without re-encoding them."""
 
+    def path(self, backend: "Backend", req: CanonicalRequest, target: TargetSpec, model: str) -> str:
+        """The upstream path: the backend's own, unless this format has an endpoint of its own there."""
+        return backend.path(req, target, model)
+
+    def usage_of(self, backend: "Backend", obj: Any) -> Usage | None:
+        """The usage a successful answer (parsed JSON) of this format reports (never raises)."""
+        return backend.usage_of(obj)
+
 
 class Backend(ABC):
     """The provider side of a family, configured for one provider name."""
@@ -116,7 +130,21 @@ class Backend(ABC):
     key_prefix: str = "Bearer "
     # Sent on every request; a target header of the same name (any case) replaces it.
     version_headers: Mapping[str, str] = {}
-    passthrough: Passthrough | None = None      # for clients of this backend's own family
+    passthrough: Passthrough | None = None      # for clients of this backend's own family (its main format)
+    # Further client formats this backend serves natively, by ingress name (set with `serve_natively`).
+    extra_passthroughs: Mapping[str, Passthrough] = {}
+
+    def serve_natively(self, *passthroughs: Passthrough) -> "Backend":
+        """Add pass-throughs for more client formats (one per ingress); returns the backend."""
+        self.extra_passthroughs = {**self.extra_passthroughs, **{p.ingress: p for p in passthroughs}}
+        return self
+
+    def passthrough_for(self, ingress: str) -> Passthrough | None:
+        """The pass-through serving clients of `ingress` here; None: they are served through the hub."""
+        pt = self.passthrough
+        if pt is not None and pt.ingress == ingress:
+            return pt
+        return self.extra_passthroughs.get(ingress)
 
     def default_origin(self) -> tuple[str, str, int]:
         if self.origin is None:

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import quote
 
 from .canonical import (
-    CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, Tool, ToolCallPart,
-    ToolResultPart, Usage, put_settings,
+    CanonicalRequest, CanonicalResponse, IdFactory, MediaPart, RefusalPart, TextPart, ThinkingPart, Tool,
+    ToolCallPart, ToolResultPart, Usage, put_settings,
 )
 from .errors import GatewayError, invalid
 from .interface import Backend, Passthrough, TargetSpec, add_query, fill_model
@@ -75,6 +75,12 @@ def encode(req: CanonicalRequest, model: str, provider: str, max_tokens_field: s
                                    else {"type": "function", "function": {"name": short_name(tc.name or "", req.tool_names)}})
         if req.parallel_tool_calls is False:
             body["parallel_tool_calls"] = False
+    # The caller's reasoning as OpenAI's effort (an Anthropic budget by the effort table's thresholds). Off or
+    # dynamic sends nothing: the model's default, since not every model takes "none". openai-compatible servers
+    # get it too (vLLM, DeepSeek, Groq and Ollama take reasoning_effort).
+    effort = req.reasoning.level if req.reasoning is not None else None
+    if effort is not None:
+        body["reasoning_effort"] = effort
     if req.stream:
         body["stream"] = True
         # The Anthropic-format answer needs real usage in message_delta (§4.5).
@@ -110,6 +116,20 @@ def _user_content(parts: list, text_form: bool, provider: str) -> Any:
     return out
 
 
+# Where OpenAI-compatible servers put a model's reasoning in a message or delta: DeepSeek and vLLM's
+# `reasoning_content`, newer vLLM (and OpenRouter) `reasoning`.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_of(msg: dict) -> str:
+    """The reasoning text of a message or stream delta ("" when it carries none)."""
+    for key in REASONING_FIELDS:
+        v = msg.get(key)
+        if isinstance(v, str) and v:
+            return v
+    return ""
+
+
 # =============================================================== responses
 def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None) -> CanonicalResponse:
     names = names or {}
@@ -125,6 +145,9 @@ def parse_response(obj: Any, new_id: IdFactory, names: dict | None = None) -> Ca
             parts.append(TextPart(content))
         elif isinstance(content, list):
             parts.extend(TextPart(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        reasoning = reasoning_of(msg)
+        if reasoning:
+            parts.insert(0, ThinkingPart(reasoning))
         if isinstance(msg.get("refusal"), str) and msg["refusal"]:
             parts.append(RefusalPart(msg["refusal"]))
         for tc in msg.get("tool_calls") or []:
@@ -184,6 +207,9 @@ class OpenAISource(Source):
             if not isinstance(ch, dict) or ch.get("index", 0) != 0:
                 continue  # only one answer can be expressed in a non-OpenAI format
             delta = ch.get("delta") or {}
+            reasoning = reasoning_of(delta)
+            if reasoning:
+                sink.thinking(reasoning)
             content = delta.get("content")
             if content:
                 sink.text(content)

@@ -6,9 +6,9 @@ import json
 from typing import Any
 
 from .canonical import (
-    NUM, CanonicalRequest, CanonicalResponse, Clock, IdFactory, MediaPart, Message, RefusalPart, TextPart,
-    Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage, dumps, fill_tool_result_names, media_kind,
-    merge_messages, split_data_url, want,
+    NUM, REASONING_EFFORTS, REASONING_OFF, CanonicalRequest, CanonicalResponse, Clock, IdFactory, MediaPart,
+    Message, Reasoning, RefusalPart, TextPart, ThinkingPart, Tool, ToolCallPart, ToolChoice, ToolResultPart, Usage,
+    dumps, fill_tool_result_names, media_kind, merge_messages, split_data_url, want,
 )
 from .errors import GatewayError, invalid
 from .interface import Client
@@ -177,6 +177,7 @@ def parse_request(obj: dict) -> CanonicalRequest:
     req.user = want(obj, "user", (str,), "a string")
     req.response_format = want(obj, "response_format", (dict,), "an object")
     req.parallel_tool_calls = want(obj, "parallel_tool_calls", (bool,), "a boolean")
+    req.reasoning = _reasoning(obj)
 
     tools = want(obj, "tools", (list,), "an array")
     for k, t in enumerate(tools or []):
@@ -213,6 +214,26 @@ def parse_request(obj: dict) -> CanonicalRequest:
     return req
 
 
+_EFFORTS = (REASONING_OFF, *REASONING_EFFORTS)
+
+
+def _reasoning(obj: dict) -> Reasoning | None:
+    """`reasoning_effort` → Reasoning; a value outside OpenAI's enum is refused as OpenAI does."""
+    effort = obj.get("reasoning_effort")
+    if effort is None:
+        return None
+    if effort not in _EFFORTS:
+        shown = f"'{effort}'" if isinstance(effort, str) else json.dumps(effort)
+        raise invalid(f"Invalid value: {shown}. Supported values are: "
+                      + ", ".join(f"'{e}'" for e in _EFFORTS) + ".", param="reasoning_effort")
+    return Reasoning(effort=effort)
+
+
+def thinking_text(parts: list) -> str:
+    """The visible reasoning of an answer's parts, joined (redacted blocks have none)."""
+    return "".join(p.text for p in parts if isinstance(p, ThinkingPart))
+
+
 # =============================================================== responses
 def render_response(resp: CanonicalResponse, req: CanonicalRequest, created: int) -> dict:
     text = "".join(p.text for p in resp.parts if isinstance(p, TextPart))
@@ -221,6 +242,9 @@ def render_response(resp: CanonicalResponse, req: CanonicalRequest, created: int
     msg: dict[str, Any] = {"role": "assistant", "content": text if text or not (calls or refusal) else None}
     if refusal:
         msg["refusal"] = refusal
+    reasoning = thinking_text(resp.parts) if req.expose_reasoning else ""
+    if reasoning:
+        msg["reasoning_content"] = reasoning
     finish = FINISH_OUT.get(resp.finish, "stop")
     if calls:
         if req.legacy_functions:
@@ -246,6 +270,7 @@ class OpenAISink(Sink):
         super().__init__()
         self._include_usage = req.include_usage
         self._legacy = req.legacy_functions
+        self._expose_reasoning = req.expose_reasoning
         self._created = created
         self._new_id = new_id
         self._head = b""
@@ -291,6 +316,12 @@ class OpenAISink(Sink):
     def refusal(self, s: str) -> None:
         if s:
             self._content({"refusal": s})
+
+    def thinking(self, s: str) -> None:
+        # Reasoning is shown (when the gateway exposes it) but is not content: it does not commit the stream.
+        if s and self._expose_reasoning:
+            self._ensure_started()
+            self._delta({"reasoning_content": s})
 
     def tool_start(self, index: int, id: str, name: str) -> None:
         if self._legacy:

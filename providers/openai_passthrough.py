@@ -21,7 +21,7 @@ from .streaming import Sink, Source
 COMPAT_FIELDS = frozenset((
     "model", "messages", "max_tokens", "temperature", "top_p", "stop", "stream", "stream_options",
     "tools", "tool_choice", "parallel_tool_calls", "n", "seed", "presence_penalty", "frequency_penalty",
-    "response_format", "user",
+    "response_format", "user", "reasoning_effort",
 ))
 
 

@@ -15,13 +15,17 @@ from .interface import Backend, Client, Passthrough
 from .openai_backend import OpenAIBackend
 from .openai_client import OpenAIClient
 from .openai_passthrough import COMPAT_FIELDS, OpenAIPassthrough
+from .responses_client import ResponsesClient
+from .responses_passthrough import ResponsesPassthrough
 
 AZURE_API_VERSION = "2024-10-21"
 
 # In the order the admin API lists them (store/models.py takes its provider list from PROVIDERS).
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    # api.openai.com serves Responses clients natively (/v1/responses); Azure and OpenAI-compatible servers are
+    # reached through the hub (most compatible servers have no /responses).
     OpenAIBackend("openai", origin=("https", "api.openai.com", 443), max_tokens_field="max_completion_tokens",
-                  passthrough=OpenAIPassthrough()),
+                  passthrough=OpenAIPassthrough()).serve_natively(ResponsesPassthrough()),
     AnthropicBackend(passthrough=AnthropicPassthrough()),
     GeminiBackend(),
     OpenAIBackend("azure", default_path="/openai/deployments/{model}/chat/completions", model_in_path=True,
@@ -32,7 +36,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 )}
 
 # In the order request paths are matched against their suffixes.
-CLIENTS: dict[str, Client] = {c.name: c for c in (OpenAIClient(), AnthropicClient())}
+CLIENTS: dict[str, Client] = {c.name: c for c in (OpenAIClient(), AnthropicClient(), ResponsesClient())}
 
 PROVIDERS: tuple[str, ...] = tuple(BACKENDS)
 INGRESSES: tuple[str, ...] = tuple(CLIENTS)
@@ -86,5 +90,4 @@ def route(ingress: str, provider: Any) -> tuple[Backend, Passthrough | None]:
     """The backend for `provider`, and its pass-through when a client of `ingress` is of its own family
     (then the hub is not used)."""
     be = backend(provider)
-    pt = be.passthrough
-    return be, pt if pt is not None and pt.ingress == ingress else None
+    return be, be.passthrough_for(ingress)

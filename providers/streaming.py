@@ -5,7 +5,11 @@ A `StreamTranslator` = SSE decoder → *source* (upstream family: SSE event → 
 canonical call vocabulary below, so every pair works without pair-specific code:
 
     start(id, model)  text(s)  refusal(s)  tool_start(i, id, name)  tool_args(i, fragment)
+    thinking(s)  thinking_signature(sig)  redacted_thinking(data)
     usage(Usage)  finish(reason, stop_sequence)  end()  error(GatewayError)
+
+The thinking calls carry a model's reasoning (a `ThinkingPart` as it streams); a sink whose format has no place
+for it keeps the base class's no-ops.
 
 `i` is the tool-call ordinal within the answer (0, 1, ...), the same meaning as OpenAI's
 `tool_calls[].index`. Same-family pairs use relays (openai_passthrough.py / anthropic_passthrough.py) that
@@ -36,6 +40,15 @@ class Sink:
         data = b"".join(self.out)
         self.out.clear()
         return data
+
+    def thinking(self, s: str) -> None:
+        """A fragment of the model's visible reasoning (not content: it does not commit the stream)."""
+
+    def thinking_signature(self, signature: str) -> None:
+        """The provider's signature closing the current reasoning block."""
+
+    def redacted_thinking(self, data: str) -> None:
+        """A reasoning block the provider sent encrypted, whole."""
 
     def trailer(self) -> None:
         """Called at upstream EOF after a clean end (OpenAI emits [DONE] there if not yet sent)."""

@@ -79,6 +79,10 @@ class Gateway(Entity):
     status: Literal["active", "inactive"] = "active"
     limits: KeyLimits | None = Field(default=None, description="aigw: the default limits of each of the "
                                                                "gateway's keys (each key counts on its own)")
+    reasoning_content: StrictBool = Field(default=False, description=(
+        "aigw: show the model's reasoning to OpenAI-format callers as `message.reasoning_content` (streams: "
+        "`delta.reasoning_content`), the field DeepSeek and vLLM use, when a provider of another family returns it "
+        "(Anthropic thinking, Gemini thoughts)"))
 
     @field_validator("subdomain", mode="before")
     @classmethod

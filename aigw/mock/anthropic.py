@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import thinking
 from .common import ANTHROPIC, _BAD_JSON, _MISSING, Answer, StreamBody, _dumps, _rid, number_problem
 from .errors import ApiError
 from .plan import Plan, ToolChoice, _chunks, _ntokens, _text_len, choose_tools, make_plan
@@ -103,9 +104,8 @@ def _an_block(p: str, b: Any, role: str) -> None:
                     raise _an_invalid(f"{p}.content.{j}: Input tag found using 'type' does not match any of the "
                                       "expected tags: 'text', 'image', 'document', 'search_result'")
                 _an_block(f"{p}.content.{j}", inner, "user")
-    elif t == "thinking":
-        if not isinstance(b.get("thinking"), str) or not isinstance(b.get("signature"), str):
-            raise _an_invalid(f"{p}.signature: Field required")
+    elif t in ("thinking", "redacted_thinking"):
+        thinking.check_block(p, b)
 
 
 def _an_messages(msgs: Any) -> list[tuple[str, list[tuple[int, dict]]]]:
@@ -227,7 +227,8 @@ def _an_tools(body: dict) -> list[str]:
 
 
 def validate_anthropic(body: Any) -> tuple[list[tuple[str, list[tuple[int, dict]]]], list[str]]:
-    """Raise ApiError(400) for a request the real Messages API rejects; return the merged turns and tool names."""
+    """Raise ApiError(400) for a request the real Messages API rejects (thinking's rules: thinking.py); return the
+    merged turns and tool names."""
     if not isinstance(body, dict):
         raise _an_invalid("Input should be a valid dictionary or object to extract fields from")
     for k in body:
@@ -268,17 +269,7 @@ def validate_anthropic(body: Any) -> tuple[list[tuple[str, list[tuple[int, dict]
             if k != "user_id":
                 raise _an_invalid(f"metadata.{k}: Extra inputs are not permitted")
     names = _an_tools(body)
-    th = body.get("thinking")
-    if th is not None:
-        if not isinstance(th, dict) or th.get("type") not in ("enabled", "disabled", "adaptive"):
-            raise _an_invalid("thinking: Input tag found using 'type' does not match any of the expected tags: "
-                              "'enabled', 'disabled', 'adaptive'")
-        if th["type"] == "enabled":
-            bt = th.get("budget_tokens")
-            if number_problem(bt, 1024, None, True):
-                raise _an_invalid("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
-            if bt >= body["max_tokens"]:
-                raise _an_invalid("`max_tokens` must be greater than `thinking.budget_tokens`.")
+    thinking.enabled(body, turns)
     return turns, names
 
 
@@ -312,8 +303,8 @@ def _an_usage(plan: Plan, output_tokens: int) -> dict:
             "output_tokens": output_tokens, "service_tier": "standard"}
 
 
-def anthropic_message(model: str, plan: Plan) -> dict:
-    content: list[dict] = []
+def anthropic_message(model: str, plan: Plan, thinks: bool = False) -> dict:
+    content: list[dict] = [thinking.block()] if thinks else []
     if plan.pieces:
         content.append({"type": "text", "text": plan.text})
     content.extend({"type": "tool_use", "id": tc.id, "name": tc.name, "input": tc.args} for tc in plan.tool_calls)
@@ -330,7 +321,7 @@ ANTHROPIC_ERROR_EVENT = _an_event("error", {"type": "error", "error": {"type": "
                                                                       "message": "Overloaded"}})
 
 
-def anthropic_stream_events(model: str, plan: Plan, per_chunk: int) -> list[bytes]:
+def anthropic_stream_events(model: str, plan: Plan, per_chunk: int, thinks: bool = False) -> list[bytes]:
     start = {"id": "msg_" + _rid(12), "type": "message", "role": "assistant", "model": model, "content": [],
              "stop_reason": None, "stop_sequence": None, "usage": _an_usage(plan, 1)}
     events = [_an_event("message_start", {"type": "message_start", "message": start})]
@@ -348,6 +339,8 @@ def anthropic_stream_events(model: str, plan: Plan, per_chunk: int) -> list[byte
         events.append(_an_event("content_block_stop", {"type": "content_block_stop", "index": index}))
         index += 1
 
+    if thinks:
+        block({"type": "thinking", "thinking": "", "signature": ""}, thinking.stream_deltas())
     if plan.pieces:
         block({"type": "text", "text": ""},
               [{"type": "text_delta", "text": t} for t in _chunks(plan.pieces, per_chunk)])
@@ -393,8 +386,9 @@ class AnthropicEndpoint:
                          tools=choose_tools(names, _an_last_user_text(turns), _an_tool_choice(body)),
                          tool_prefix="toolu_")
         headers = {"request-id": "req_" + _rid()}
+        thinks = (body.get("thinking") or {}).get("type") in ("enabled", "adaptive")
         if body.get("stream"):
-            return StreamBody(anthropic_stream_events(model, plan, self.tokens_per_chunk), ANTHROPIC_ERROR_EVENT,
-                              headers=headers)
-        return web.Response(text=_dumps(anthropic_message(model, plan)), content_type="application/json",
+            return StreamBody(anthropic_stream_events(model, plan, self.tokens_per_chunk, thinks),
+                              ANTHROPIC_ERROR_EVENT, headers=headers)
+        return web.Response(text=_dumps(anthropic_message(model, plan, thinks)), content_type="application/json",
                             headers=headers)

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from .common import GEMINI, _BAD_JSON, Answer, StreamBody, _dumps, _rid, number_problem
+from .embeddings import GEMINI_EMBED_METHODS
 from .errors import ApiError
 from .plan import _WORD, Plan, ToolChoice, _chunks, _ntokens, _text_len, choose_tools, make_plan
 
@@ -154,6 +155,57 @@ def _gm_schema(where: str, schema: Any) -> None:
         raise _gm_invalid(f"* GenerateContentRequest.{where}.properties: should be non-empty for OBJECT type\n", where)
 
 
+_GM_THINKING_KEYS = (("thinkingBudget", "thinking_budget"), ("includeThoughts", "include_thoughts"),
+                     ("thinkingLevel", "thinking_level"))
+_GM_THINKING_LEVELS = ("THINKING_LEVEL_UNSPECIFIED", "MINIMAL", "LOW", "MEDIUM", "HIGH")
+_GM_MAX_BUDGET = 32768  # Gemini 2.5 Pro's largest; -1 lets the model decide
+_GM_THOUGHT = "Thinking about the request."
+
+
+def _gm_thinking(tc: Any) -> None:
+    """generationConfig.thinkingConfig: known fields of the right types, a budget in range, budget or level."""
+    if tc is None:
+        return
+    where = "generation_config.thinking_config"
+    if not isinstance(tc, dict):
+        raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}'", where)
+    known = {name for pair in _GM_THINKING_KEYS for name in pair}
+    for k in tc:
+        if k not in known:
+            raise _gm_invalid(f'Invalid JSON payload received. Unknown name "{k}" at \'{where}\': Cannot find field.',
+                              where)
+    budget, include, level = (_g(tc, camel, snake) for camel, snake in _GM_THINKING_KEYS)
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.thinking_budget' "
+                              f"({_dumps(budget)})", f"{where}.thinking_budget")
+        if budget != -1 and not 0 <= budget <= _GM_MAX_BUDGET:
+            raise _gm_invalid("Unable to submit request because thinking_budget is out of range; supported values "
+                              f"are integers from 0 to {_GM_MAX_BUDGET}.")
+    if include is not None and not isinstance(include, bool):
+        raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.include_thoughts' "
+                          f"({_dumps(include)})", f"{where}.include_thoughts")
+    if level is not None:
+        if level not in _GM_THINKING_LEVELS:
+            raise _gm_invalid(f"Invalid JSON payload received. Invalid value at '{where}.thinking_level' "
+                              f"({_dumps(level)})", f"{where}.thinking_level")
+        if budget is not None:
+            raise _gm_invalid("You can only set only one of thinking budget and thinking level.")
+
+
+def _gm_thoughts(cfg: dict, responses: list[dict]) -> None:
+    """With includeThoughts (and thinking not off), the answer opens with a thought summary part and its usage
+    counts thoughtsTokenCount."""
+    tc = _g(cfg, "thinkingConfig", "thinking_config") or {}
+    if not _g(tc, "includeThoughts", "include_thoughts") or _g(tc, "thinkingBudget", "thinking_budget") == 0:
+        return
+    responses[0]["candidates"][0]["content"]["parts"].insert(0, {"text": _GM_THOUGHT, "thought": True})
+    n = _ntokens(len(_GM_THOUGHT))
+    for r in responses:
+        r["usageMetadata"]["thoughtsTokenCount"] = n
+        r["usageMetadata"]["totalTokenCount"] += n
+
+
 def validate_gemini(body: Any) -> tuple[list[list[str]], list[str]]:
     """Raise ApiError(400) for a request generateContent rejects; return the part kinds of each turn and the
     declared function names."""
@@ -175,6 +227,7 @@ def validate_gemini(body: Any) -> tuple[list[list[str]], list[str]]:
         rs = _g(cfg, "responseSchema", "response_schema")
         if rs is not None:
             _gm_schema("generation_config.response_schema", rs)
+        _gm_thinking(_g(cfg, "thinkingConfig", "thinking_config"))
         stops = _g(cfg, "stopSequences", "stop_sequences")
         if stops is not None and (not isinstance(stops, list) or len(stops) > 5):
             raise _gm_invalid("* GenerateContentRequest.generation_config.stop_sequences: at most 5 stop sequences "
@@ -274,6 +327,8 @@ class GeminiEndpoint:
 
     async def _gemini(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["target"].partition(":")
+        if method in GEMINI_EMBED_METHODS:
+            return await self._gemini_embed(request)  # aigw/mock/embeddings.py
         if method not in ("generateContent", "streamGenerateContent"):
             return await self._fallback(request)
         return await self._serve(request, GEMINI, lambda _b: method == "streamGenerateContent",
@@ -315,8 +370,12 @@ class GeminiEndpoint:
         for p in plans:
             p.cached_tokens = cached
         if method == "generateContent":
-            return web.Response(text=_dumps(gemini_response(model, plans)), content_type="application/json")
-        chunks = [_dumps(c) for c in gemini_stream_chunks(model, plans, self.tokens_per_chunk)]
+            answer = gemini_response(model, plans)
+            _gm_thoughts(cfg, [answer])
+            return web.Response(text=_dumps(answer), content_type="application/json")
+        objs = gemini_stream_chunks(model, plans, self.tokens_per_chunk)
+        _gm_thoughts(cfg, objs)
+        chunks = [_dumps(c) for c in objs]
         if request.query.get("alt") == "sse":
             events = [f"data: {c}\r\n\r\n".encode() for c in chunks]
             return StreamBody(events, f"data: {_dumps(GEMINI_ERROR_CHUNK)}\r\n\r\n".encode(),

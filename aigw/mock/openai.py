@@ -26,6 +26,7 @@ _OA_PART_TYPES = {
     "assistant": ("text", "refusal"), "user": ("text", "image_url", "input_audio", "file"),
 }
 _OA_TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_OA_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def _oa_invalid(param: str, message: str, code: str | None = "invalid_value") -> ApiError:
@@ -231,6 +232,10 @@ def validate_openai(body: Any, *, require_model: bool = True) -> list[str]:
     _oa_number(body, "max_completion_tokens", 1, None, integer=True)
     _oa_number(body, "presence_penalty", -2, 2)
     _oa_number(body, "frequency_penalty", -2, 2)
+    effort = body.get("reasoning_effort")
+    if effort is not None and effort not in _OA_EFFORTS:
+        raise _oa_invalid("reasoning_effort", f"Invalid value: '{effort}'. Supported values are: "
+                                              + ", ".join(f"'{e}'" for e in _OA_EFFORTS) + ".")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _oa_type("stream", "a boolean", stream)

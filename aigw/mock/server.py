@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .anthropic import AnthropicEndpoint
 from .common import ANTHROPIC, GEMINI, MAX_BODY, OPENAI, _BAD_JSON, Answer, StreamBody, _dumps
+from .embeddings import EmbeddingsEndpoint
 from .errors import OVERLOADED_STATUS, ApiError, error_response, status_error
 from .faults import FaultRule, parse_fault, parse_faults
 from .gemini import GeminiEndpoint
@@ -25,7 +26,7 @@ from .plan import _WORD
 CACHE_MIN_TOKENS, CACHE_STEP = 1024, 128
 
 
-class MockProvider(OpenAIEndpoint, AnthropicEndpoint, GeminiEndpoint):
+class MockProvider(OpenAIEndpoint, AnthropicEndpoint, GeminiEndpoint, EmbeddingsEndpoint):
     """The mock provider server (asyncio). ``await start()`` → port; ``await stop()``."""
 
     def __init__(self, *, api_key: str | None = None, name: str = "mock", reply: str | None = None,
@@ -58,7 +59,11 @@ class MockProvider(OpenAIEndpoint, AnthropicEndpoint, GeminiEndpoint):
         app = web.Application(client_max_size=MAX_BODY)
         r = app.router
         r.add_post("/v1/chat/completions", self._openai)
+        from .responses import ResponsesApi  # the Responses API: POST /v1/responses, GET/DELETE /v1/responses/{id}
+        ResponsesApi(self).add_routes(r)
         r.add_post("/v1/messages", self._anthropic)
+        r.add_post("/v1/embeddings", self._openai_embeddings)
+        r.add_post("/openai/deployments/{deployment}/embeddings", self._openai_embeddings)
         r.add_post("/v1beta/models/{target}", self._gemini)
         r.add_post("/v1/models/{target}", self._gemini)
         r.add_get("/v1/models", self._models)

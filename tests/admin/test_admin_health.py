@@ -13,7 +13,7 @@ PUBLISHED = {"state": "open", "consecutive_failures": 3, "last_error": "HTTP 503
              "in_flight": 2, "requests": 20, "failures": 4}
 TARGET_FIELDS = {"target_id", "provider", "host", "port", "state", "consecutive_failures", "last_error",
                  "last_error_at", "cooldown_remaining_s", "ewma_ttfb_ms", "in_flight", "requests", "failures",
-                 "quota_exhausted_until", "quota_reason"}
+                 "quota_exhausted_until", "quota_reason", "source", "origin", "origin_reason"}
 
 
 def health(client, gid, upstream):
@@ -39,8 +39,20 @@ def test_published_state_per_target(client, gid, upstream, health_path):
     assert body["stale"] is False and body["published_at"].endswith("Z")
     first, second = body["targets"]
     assert first == {"target_id": openai["id"], "provider": "openai", "host": None, "port": None, **PUBLISHED,
-                     "quota_exhausted_until": None, "quota_reason": None}
+                     "quota_exhausted_until": None, "quota_reason": None, "source": None, "origin": None,
+                     "origin_reason": None}
     assert second["state"] == "unknown"  # published for another upstream only
+
+
+def test_state_received_from_another_process_says_so(client, gid, upstream, health_path):
+    """A circuit another proxy process opened (shared through Redis) is shown with where it came from."""
+    openai, _ = upstream["targets"]
+    shared = {**PUBLISHED, "state": "open", "source": "shared", "origin": "w2-1a2b", "origin_reason": "HTTP 500"}
+    write_health(health_path, {"written_at": time.time(), "pid": 1,
+                               "targets": {target_key(upstream["id"], openai["id"]): shared}})
+    first, _ = health(client, gid, upstream)["targets"]
+    assert (first["state"], first["source"], first["origin"], first["origin_reason"]) == (
+        "open", "shared", "w2-1a2b", "HTTP 500")
 
 
 def test_old_file_is_stale(client, gid, upstream, health_path):

@@ -234,7 +234,7 @@ def test_anthropic_images_to_openai_and_gemini():
 
 
 def test_anthropic_to_anthropic_keeps_everything_but_model():
-    body = {**TV9_IN, "thinking": {"type": "enabled", "budget_tokens": 100}, "extra_field": 1}
+    body = {**TV9_IN, "max_tokens": 4096, "thinking": {"type": "enabled", "budget_tokens": 1024}, "extra_field": 1}
     out = up("anthropic", body, "anthropic", model="claude-real")[1]
     assert out == {**body, "model": "claude-real"}
     nomax = dict(TV9_IN)
