@@ -2,7 +2,6 @@
 when the client gave none), and answers pass through with the bytes of each event kept."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .canonical import CanonicalRequest, Clock
@@ -10,7 +9,7 @@ from .errors import GatewayError, error_shape
 from .interface import Passthrough, TargetSpec
 from .anthropic_wire import DEFAULT_MAX_TOKENS, error_event, event_error, usage_from
 from .sse import SSEEvent
-from .streaming import Sink, Source
+from .streaming import INVALID, Sink, Source
 
 class AnthropicRelay(Source, Sink):
     """Anthropic upstream → Anthropic client: events re-framed (always with an `event:` line) with
@@ -26,10 +25,8 @@ class AnthropicRelay(Source, Sink):
         data = ev.data
         if data[:6] == "[DONE]":
             return
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            self.invalid_event()
+        obj = self.event_json(data)
+        if obj is INVALID:
             return
         t = (obj.get("type") if isinstance(obj, dict) else None) or ev.event
         if not t:

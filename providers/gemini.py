@@ -14,7 +14,7 @@ from .canonical import (
 from .errors import GatewayError, invalid, parse_error_body
 from .interface import Backend, TargetSpec, add_query, fill_model
 from .sse import SSEEvent
-from .streaming import Sink, Source
+from .streaming import INVALID, Sink, Source
 
 _FILTERED = ("SAFETY", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "LANGUAGE", "IMAGE_SAFETY")
 FINISH_IN = {"STOP": "stop", "MAX_TOKENS": "length", **{k: "content_filter" for k in _FILTERED}}
@@ -316,10 +316,8 @@ class GeminiSource(Source):
         self._tools = 0
 
     def on_event(self, ev: SSEEvent) -> None:
-        try:
-            obj = json.loads(ev.data)
-        except ValueError:
-            self.invalid_event()
+        obj = self.event_json(ev.data)
+        if obj is INVALID:
             return
         for item in obj if isinstance(obj, list) else (obj,):
             if self.sink.closed:

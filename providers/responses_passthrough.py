@@ -17,7 +17,7 @@ from .interface import Backend, Passthrough, TargetSpec
 from .responses_stream import response_error, event_error
 from .responses_wire import INGRESS, error_event, usage_from
 from .sse import SSEDecoder, SSEEvent
-from .streaming import Sink, Source
+from .streaming import INVALID, Sink, Source
 
 RESPONSES_PATH = "/v1/responses"
 _CHAT_SUFFIX = "/chat/completions"
@@ -52,10 +52,8 @@ class ResponsesRelay(Source, Sink):
 
     def on_event(self, ev: SSEEvent) -> None:
         data = ev.data
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            self.invalid_event()
+        obj = self.event_json(data)
+        if obj is INVALID:
             return
         if not isinstance(obj, dict):
             self.invalid_event()

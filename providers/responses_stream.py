@@ -9,7 +9,6 @@ numbered by `output_index` and named by `item_id`. An error is the `error` event
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from .canonical import CanonicalRequest, IdFactory, Usage
@@ -20,7 +19,7 @@ from .responses_wire import (
     status_of, text_content, usage_from,
 )
 from .sse import SSEEvent
-from .streaming import Sink, Source
+from .streaming import INVALID, Sink, Source
 
 
 @dataclass
@@ -212,10 +211,8 @@ class ResponsesSource(Source):
         self._refusal = False
 
     def on_event(self, ev: SSEEvent) -> None:
-        try:
-            obj = json.loads(ev.data)
-        except ValueError:
-            self.invalid_event()
+        obj = self.event_json(ev.data)
+        if obj is INVALID:
             return
         if not isinstance(obj, dict):
             return

@@ -17,7 +17,8 @@ re-frame events without re-encoding them.
 """
 from __future__ import annotations
 
-from typing import Callable
+import json
+from typing import Any, Callable
 
 from .canonical import Usage
 from .errors import GatewayError
@@ -61,6 +62,9 @@ class Sink:
         self.closed = True
 
 
+INVALID = object()  # what Source.event_json gives for data that is not JSON
+
+
 class Source:
     """Base for upstream decoders. A source keeps what the provider reported as it reads it: `reported_usage`
     (the latest, merged where the family reports in parts) and `reported_model` (the first model it names)."""
@@ -77,6 +81,14 @@ class Source:
         # A last event cut off by EOF is a cut, not an upstream error: finish() reports it as such.
         if not self.at_eof:
             self.fail(GatewayError(502, "api_error", "upstream sent an invalid stream event"))
+
+    def event_json(self, data: str) -> Any:
+        """An event's data parsed as JSON; `INVALID` (after `invalid_event`) when it is not JSON."""
+        try:
+            return json.loads(data)
+        except ValueError:
+            self.invalid_event()
+            return INVALID
 
     def on_event(self, ev: SSEEvent) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
