@@ -115,22 +115,23 @@ class GatewayAddon:
                 own_limit = None
             if own_limit is None or own_limit > opts.aigw_max_body:
                 opts.body_size_limit = str(opts.aigw_max_body)
-        if updated & {"aigw_data", "aigw_config"}:
-            path, config = os.path.abspath(opts.aigw_data), options.config_file(opts)
-            if self.live is None or path != self.live.data_path or config != self.live.config_path:
+        if updated & {"aigw_data", "aigw_config", "aigw_worker"}:
+            path, config, worker = os.path.abspath(opts.aigw_data), options.config_file(opts), options.worker_id(opts)
+            if (self.live is None or path != self.live.data_path or config != self.live.config_path
+                    or worker != self.live.worker):
                 if self.live is not None:
                     self.live.stop()
                 if self.usage is not None:
                     self.usage.stop()
-                self.live = LiveConfig(path, config_path=config)
-                self.usage = UsageBook(usage_path_for(path))
+                self.live = LiveConfig(path, config_path=config, worker=worker)
+                self.usage = UsageBook(usage_path_for(path, worker))
                 if self._started:
                     self.live.start(_spawn)
                     self.usage.start()
-        if updated & ({"aigw_data", "aigw_config"} | options.LIMITER_OPTIONS):
+        if updated & ({"aigw_data", "aigw_config", "aigw_worker"} | options.LIMITER_OPTIONS):
             self._set_limiter(options.limiter_settings(opts))
-        if updated & ({"aigw_data", "aigw_config", "aigw_base_domain", "aigw_max_body", "aigw_attempt_flows",
-                       "save_stream_file"}
+        if updated & ({"aigw_data", "aigw_config", "aigw_worker", "aigw_base_domain", "aigw_max_body",
+                       "aigw_attempt_flows", "save_stream_file"}
                       | options.LIMITER_OPTIONS):
             settings = Settings(base_domain=opts.aigw_base_domain.strip(), max_body=opts.aigw_max_body,
                                 attempt_flows=options.attempt_flows(opts))

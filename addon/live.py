@@ -39,9 +39,10 @@ def target_identity(target: Target) -> tuple:
 
 class LiveConfig:
     def __init__(self, data_path: str, *, poll_interval: float = 0.25, publish_interval: float = 0.5,
-                 config_path: str | None = None) -> None:
+                 config_path: str | None = None, worker: str | None = None) -> None:
         self.data_path = data_path
-        self.health_path = health_path_for(data_path)
+        self.worker = worker  # under `aigw up --workers`: this process's own health file (store/workers.py)
+        self.health_path = health_path_for(data_path, worker)
         # The snapshot's source: the store file, or a configuration file (database-less; store/config/loader.py).
         # Side files (health, usage) stay next to data_path.
         self.config_path = config_path

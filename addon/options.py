@@ -46,6 +46,9 @@ def register(loader) -> None:
     loader.add_option("aigw_limits_on_error", str, "open",
                       "aigw: when the limit storage cannot be reached: open (serve without limits) or closed "
                       "(refuse with 503). Logged once per outage and counted in aigw_limit_storage_errors_total.")
+    loader.add_option("aigw_worker", str, "",
+                      "aigw: this process's worker id under `aigw up --workers` (letters, digits, '-', '_'; at most "
+                      "32): its health and usage files are <data>.health.<id>.json and <data>.usage.<id>.json.")
     # A string holding a number: mitmproxy's --set parses no float options.
     loader.add_option("aigw_client_timeout", str, "60",
                       "aigw: seconds (e.g. 60, 0.5) a client connection has to send a complete request head "
@@ -56,6 +59,19 @@ def config_file(opts) -> str | None:
     """The aigw_config file (absolute), or None when the store file is the configuration."""
     value = opts.aigw_config.strip()
     return os.path.abspath(value) if value else None
+
+
+def worker_id(opts) -> str | None:
+    """The aigw_worker id, None when unset; OptionsError unless it is a valid one (store/workers.py)."""
+    from store.workers import check_worker_id
+
+    value = opts.aigw_worker.strip()
+    if not value:
+        return None
+    try:
+        return check_worker_id(value)
+    except ValueError as err:
+        raise exceptions.OptionsError(f"aigw_worker: {err}") from None
 
 
 def attempt_flows(opts) -> bool:

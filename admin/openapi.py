@@ -16,7 +16,7 @@ from store.usage_report import GROUP_BY, UsageReport
 from . import config, gateways, keys, rules, services, upstreams, usage
 from .crud import API_PREFIX, Resource
 from .inputs import DEFAULT_LIMIT, MAX_LIMIT, MAX_OFFSET
-from .schemas import ErrorBody, UpstreamHealth
+from .schemas import ErrorBody, MergedUpstreamHealth
 
 bp = Blueprint("openapi", __name__, url_prefix=API_PREFIX)
 
@@ -28,8 +28,8 @@ RESOURCES: tuple[Resource, ...] = (
     keys.RESOURCE,
 )
 _SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, ErrorBody, UpstreamHealth,
-    UsageReport,
+    Gateway, Upstream, Service, Rule, ApiKeyCreate, ApiKeyCreated, ApiKeyUpdate, ApiKeyView, ErrorBody,
+    MergedUpstreamHealth, UsageReport,
 )
 _REF = "#/components/schemas/{model}"
 
@@ -188,7 +188,7 @@ def openapi_document() -> dict[str, Any]:
     paths[_openapi_path(upstreams.RESOURCE.item_rule) + "/health"] = {
         "parameters": _path_params(upstreams.RESOURCE, item=True),
         "get": {"summary": "Each target's health as the proxy sees it", "operationId": "get_upstream_health",
-                "responses": {"200": _json(_ref(UpstreamHealth), "Per-target state"), **_errors(404)}},
+                "responses": {"200": _json(_ref(MergedUpstreamHealth), "Per-target state, merged over the proxy processes"), **_errors(404)}},
     }
     paths.update(_usage_paths())
     paths.update(config.openapi_paths(_errors, lambda description: _json(_ref(ErrorBody), description)))

@@ -72,3 +72,15 @@ class UpstreamHealth(BaseModel):
     published_at: str | None = Field(description="When the proxy last published health (RFC 3339), if ever")
     stale: bool = Field(description="True when nothing was published in the last 5 seconds")
     targets: list[TargetHealth]
+
+
+class WorkerHealth(UpstreamHealth):
+    """What one proxy worker process (``aigw up --workers N``) published for the upstream."""
+
+    worker: str = Field(description="The worker id")
+
+
+class MergedUpstreamHealth(UpstreamHealth):
+    workers: list[WorkerHealth] = Field(
+        default_factory=list,
+        description="Per worker process, when several publish (aigw up --workers N); empty for a single process")

@@ -1,4 +1,5 @@
-"""Running the admin app: embedded in another process (``serve``) or standalone (``run_forever``).
+"""Running the admin app under waitress (a production WSGI server: a pool of worker threads, bounded request
+sizes, no debugger): embedded in another process (``serve``, e.g. `aigw up`) or standalone (``run_forever``).
 
 The admin API can rewrite routing and mint keys, so it refuses to listen beyond loopback without a token.
 """
@@ -8,10 +9,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import threading
 from dataclasses import dataclass, field
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from waitress import wasyncore
+from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
 from store import Store
 
@@ -64,7 +67,7 @@ def check_bind(host: str, token: str | None) -> None:
 class AdminServer:
     """A running admin server: ``port`` is the actual port (useful with port 0)."""
 
-    server: BaseWSGIServer
+    server: BaseWSGIServer | MultiSocketServer
     thread: threading.Thread
     host: str
     port: int
@@ -80,9 +83,12 @@ class AdminServer:
         if self._stopped:
             return
         self._stopped = True
-        self.server.shutdown()
+        _close(self.server)
         self.thread.join(timeout=10)
-        self.server.server_close()
+
+
+#: waitress's pool of request threads (the admin API is light; TinyDB writes are serialized by the store's lock).
+THREADS = 8
 
 
 def _make_server(
@@ -92,10 +98,34 @@ def _make_server(
     admin_token: str | None,
     health_path: str | os.PathLike[str] | None,
     usage_path: str | os.PathLike[str] | None = None,
-) -> BaseWSGIServer:
+) -> BaseWSGIServer | MultiSocketServer:
+    """The bound (not yet serving) waitress server; OSError when the address is taken."""
     check_bind(host, admin_token)
     app = create_app(store, admin_token=admin_token, health_path=health_path, usage_path=usage_path)
-    return make_server(host, port, app, threaded=True)
+    return create_server(app, host=host.strip("[]"), port=port, threads=THREADS, ident="aigw-admin",
+                         clear_untrusted_proxy_headers=True)
+
+
+def _port(server: BaseWSGIServer | MultiSocketServer) -> int:
+    if isinstance(server, MultiSocketServer):  # a host name with several addresses (e.g. localhost)
+        return int(server.effective_listen[0][1])
+    return int(server.effective_port)
+
+
+def _close(server: BaseWSGIServer | MultiSocketServer) -> None:
+    """Stop a serving waitress server from any thread: its sockets are closed in its own loop (the trigger runs
+    the closure there, and the loop ends with nothing left to watch), then the request threads are stopped."""
+    sockets = server.map if isinstance(server, MultiSocketServer) else server._map
+    listeners = [item for item in list(sockets.values()) if isinstance(item, BaseWSGIServer)]
+    if not listeners:  # already closed
+        server.task_dispatcher.shutdown()
+        return
+    trigger = listeners[0].trigger
+    try:
+        trigger.pull_trigger(lambda: wasyncore.close_all(sockets))
+    except OSError:  # already closed
+        wasyncore.close_all(sockets)
+    server.task_dispatcher.shutdown()
 
 
 def serve(
@@ -107,11 +137,11 @@ def serve(
     health_path: str | os.PathLike[str] | None = None,
     usage_path: str | os.PathLike[str] | None = None,
 ) -> AdminServer:
-    """Start the admin API in a daemon thread (threaded werkzeug server) and return its handle."""
+    """Start the admin API in a daemon thread (waitress, THREADS request threads) and return its handle."""
     server = _make_server(store, host, port, admin_token, health_path, usage_path)
-    thread = threading.Thread(target=server.serve_forever, name="aigw-admin", daemon=True)
+    thread = threading.Thread(target=server.run, name="aigw-admin", daemon=True)
     thread.start()
-    handle = AdminServer(server=server, thread=thread, host=host, port=server.server_port)
+    handle = AdminServer(server=server, thread=thread, host=host, port=_port(server))
     log.info("admin API listening on %s/api/v1", handle.url)
     return handle
 
@@ -127,10 +157,11 @@ def run_forever(
 ) -> None:
     """Serve in the calling thread until interrupted (the standalone ``aigw admin`` command)."""
     server = _make_server(store, host, port, admin_token, health_path, usage_path)
-    log.info("admin API listening on http://%s:%d/api/v1", host, server.server_port)
+    log.info("admin API listening on http://%s:%d/api/v1", host, _port(server))
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (systemd, docker stop): a clean stop too
+        signal.signal(signal.SIGTERM, lambda signum, frame: _close(server))
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        log.info("admin API stopped")
+        server.run()  # returns on KeyboardInterrupt or once _close ran, its sockets closed
     finally:
-        server.server_close()
+        server.task_dispatcher.shutdown()
+        log.info("admin API stopped")

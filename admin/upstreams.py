@@ -1,4 +1,5 @@
-"""``/api/v1/gateways/{gid}/upstreams``: target pools, plus ``…/{uid}/health`` (what the proxy sees).
+"""``/api/v1/gateways/{gid}/upstreams``: target pools, plus ``…/{uid}/health`` (what the proxy sees: with several
+proxy worker processes, their published health merged, and a per-worker breakdown in ``workers``).
 
 Credentials are write-only: responses mask them, and a PUT carrying the masked value back keeps the secret.
 """
@@ -10,15 +11,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import Response, current_app, jsonify
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from store.health_file import read_health, target_key
+from store.health_file import merge_health, read_all_health, target_key
 from store.models import Entity, Target, Upstream, format_rfc3339
 
 from .crud import Resource, crud_blueprint
 from .masking import masked_upstream, restore_masked_secrets
 from .inputs import get_store
-from .schemas import PublishedTargetHealth, TargetHealth, UpstreamHealth
+from .schemas import MergedUpstreamHealth, PublishedTargetHealth, TargetHealth, UpstreamHealth, WorkerHealth
 
 #: Health older than this means the proxy stopped publishing (it publishes every second).
 STALE_AFTER_S = 5.0
@@ -43,8 +44,17 @@ bp = crud_blueprint(RESOURCE)
 def upstream_health(gateway_id: str, entity_id: str) -> Response:
     upstream = get_store().get("upstreams", entity_id, gateway_id=gateway_id)
     assert isinstance(upstream, Upstream)
-    doc = read_health(current_app.config.get(HEALTH_PATH_CONFIG))
-    return jsonify(build_upstream_health(upstream, doc, now=time.time()).model_dump(mode="json"))
+    docs = read_all_health(current_app.config.get(HEALTH_PATH_CONFIG))
+    return jsonify(merged_upstream_health(upstream, docs, now=time.time()).model_dump(mode="json"))
+
+
+def merged_upstream_health(upstream: Upstream, docs: dict[str | None, dict[str, Any]], *,
+                           now: float) -> MergedUpstreamHealth:
+    """The upstream's health over every process's document (``read_all_health``): merged, and per worker."""
+    merged = build_upstream_health(upstream, merge_health(list(docs.values()), fresh_within=STALE_AFTER_S), now=now)
+    workers = [WorkerHealth(worker=worker, **build_upstream_health(upstream, doc, now=now).model_dump())
+               for worker, doc in docs.items() if worker is not None]
+    return MergedUpstreamHealth(**merged.model_dump(), workers=workers)
 
 
 def build_upstream_health(upstream: Upstream, doc: dict[str, Any] | None, *, now: float) -> UpstreamHealth:

@@ -1,5 +1,6 @@
 """``/api/v1/gateways/{gid}/usage`` (grouped by key, target, model or day) and ``…/keys/{kid}/usage`` (per day):
-tokens and estimated cost, from the usage file the proxy writes (store/usage.py; it may run in another process).
+tokens and estimated cost, from the usage file the proxy writes (store/usage.py; it may run in another process),
+or the sum of every worker's file under ``aigw up --workers N`` (:class:`MergedUsageReader`).
 
 Ranges are UTC days, ``from`` and ``to`` inclusive: by default the last 30 days up to today; ``from`` alone runs to
 today, ``to`` alone covers the 30 days ending on it; at most 366 days.
@@ -7,13 +8,15 @@ today, ``to`` alone covers the 30 days ending on it; at most 366 days.
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import date, datetime, timedelta, timezone
 from typing import cast
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from store.usage import parse_day
-from store.usage_report import GROUP_BY, GroupBy, UsageReader, UsageReport, gateway_usage, key_usage
+from store.usage import merge_days, parse_day, usage_files
+from store.usage_report import GROUP_BY, GroupBy, UsageData, UsageReader, UsageReport, gateway_usage, key_usage
 
 from .crud import API_PREFIX
 from .errors import ApiError
@@ -49,14 +52,45 @@ def _answer(report: UsageReport) -> Response:
     return jsonify(report.model_dump(mode="json", by_alias=True))
 
 
-def _reader() -> UsageReader:
-    """One reader per app (it caches the parsed file): made on first use, over the configured path."""
+class MergedUsageReader:
+    """The single-process usage file and every worker's (store/usage.py ``usage_files``), summed. Each file is
+    parsed again only when it was replaced (``UsageReader``), and the sum only when one of them was. Thread-safe."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = os.fspath(path) if path is not None else None
+        self._lock = threading.Lock()
+        self._readers: dict[str, UsageReader] = {}
+        self._merged: tuple[list[UsageData], UsageData] | None = None  # (the parts summed, their sum)
+
+    def read(self) -> UsageData:
+        if self.path is None:
+            return UsageData()
+        with self._lock:
+            readers = [self._readers.setdefault(file, UsageReader(file)) for file in usage_files(self.path)]
+        parts = [reader.read() for reader in readers]  # the same object again until its file changes
+        with self._lock:
+            cached = self._merged
+            if cached is not None and len(cached[0]) == len(parts) and all(
+                    a is b for a, b in zip(cached[0], parts)):
+                return cached[1]
+        written = [part.written_at for part in parts if part.written_at is not None]
+        if len(parts) == 1:
+            data = parts[0]
+        else:
+            data = UsageData(max(written) if written else None, merge_days(part.days for part in parts))
+        with self._lock:
+            self._merged = (parts, data)
+        return data
+
+
+def _reader() -> MergedUsageReader:
+    """One reader per app (it caches the parsed files): made on first use, over the configured path."""
     reader = current_app.extensions.get(_READER_EXTENSION)
     if reader is None:
         reader = current_app.extensions.setdefault(
-            _READER_EXTENSION, UsageReader(current_app.config.get(USAGE_PATH_CONFIG))
+            _READER_EXTENSION, MergedUsageReader(current_app.config.get(USAGE_PATH_CONFIG))
         )
-    return cast(UsageReader, reader)
+    return cast(MergedUsageReader, reader)
 
 
 def _bad_query(name: str, message: str) -> ApiError:

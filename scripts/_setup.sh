@@ -61,24 +61,36 @@ aigw_setup() {
   export PATH="$venv/bin:$PATH"
 }
 
-# The tests start a real redis-server (shared limits across proxy processes). Debian's package when it is missing
-# and we are root; otherwise say what to install (the Redis tests fail under CI=true, and are skipped elsewhere).
-aigw_ensure_redis() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# Install a Debian package for the tests when its binary is missing and we are root (log: .venv/apt.log).
+# Usage: aigw_ensure_binary BINARY PACKAGE WHAT   (WHAT: which tests need it, for the message)
+aigw_ensure_binary() {
+  local binary="$1" package="$2" what="$3"
+  command -v "$binary" >/dev/null 2>&1 && return 0
   local log="$AIGW_ROOT/.venv/apt.log"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "aigw: installing redis-server (Debian package) for the tests (log: .venv/apt.log)" >&2
+    echo "aigw: installing $package (Debian package) for the tests (log: .venv/apt.log)" >&2
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q --no-install-recommends redis-server >"$log" 2>&1; then
+    if ! apt-get install -y -q --no-install-recommends "$package" >"$log" 2>&1; then
       # A fresh machine has no package lists yet.
-      if ! { apt-get update -q && apt-get install -y -q --no-install-recommends redis-server; } >>"$log" 2>&1; then
-        echo "aigw: could not install redis-server; the end of .venv/apt.log:" >&2
+      if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "$package"; } >>"$log" 2>&1; then
+        echo "aigw: could not install $package; the end of .venv/apt.log:" >&2
         tail -n 20 "$log" >&2
         return 1
       fi
     fi
-    command -v redis-server >/dev/null 2>&1 && return 0
+    command -v "$binary" >/dev/null 2>&1 && return 0
   fi
-  echo "aigw: redis-server is not installed (Debian: apt-get install redis-server); the Redis tests need it" >&2
+  echo "aigw: $binary is not installed (Debian: apt-get install $package); $what need it" >&2
   return 1
+}
+
+# The tests start a real redis-server (shared limits across proxy processes). Debian's package when it is missing
+# and we are root; otherwise say what to install (the Redis tests fail under CI=true, and are skipped elsewhere).
+aigw_ensure_redis() {
+  aigw_ensure_binary redis-server redis-server "the Redis tests"
+}
+
+# `aigw up --workers N` runs a real HAProxy in front of the workers (tests/scale); same policy as Redis.
+aigw_ensure_haproxy() {
+  aigw_ensure_binary haproxy haproxy "the aigw up --workers tests (tests/scale)"
 }

@@ -474,7 +474,13 @@ def main() -> int:
     p.add_argument("--set", action="append", metavar="OPTION=VALUE",
                    help="an aigw option for the gateway under test (e.g. aigw_access_log=/tmp/a.log); repeatable")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument("--workers", metavar="N,M", default="",
+                   help="only this: `aigw up --workers N` behind HAProxy for each count, e.g. 1,2 (req/s, CPU "
+                        "per 1,000 requests per worker and HAProxy's; scripts/bench_workers.py)")
     args = p.parse_args()
+    if args.workers:
+        import bench_workers
+        return bench_workers.main(args)
     res = run(args)
     print(json.dumps(res, indent=2) if args.json else render(res))
     return 0 if res.get("failover", {}).get("within_budget", True) else 1

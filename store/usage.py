@@ -7,7 +7,9 @@ second when something changed; a restart loads the file and continues the counts
 fsynced: after a ``kill -9`` what was renamed into place is still in the OS page cache, so at most the last second
 is lost, and an fsync a second would cost disk time for nothing. The file is fsynced at most once a minute and on
 :meth:`UsageBook.stop` (a clean stop loses nothing; a power cut about a minute). One proxy process owns the file,
-like the health file; the admin API only reads it (store/usage_report.py).
+like the health file; the admin API only reads it (store/usage_report.py). With several proxy worker processes
+(``aigw up --workers N``) worker ``<id>`` owns ``<store>.usage.<id>.json`` (store/workers.py) and the admin API sums
+every file (:func:`usage_files`, :func:`merge_days`).
 
 Bounded: days older than ``retain_days`` (default 400: more than the admin API's longest range, 366 days) are
 dropped; past ``max_rows_per_day`` rows in a day, models not yet counted that day are counted as ``"(other)"``
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from .atomic import atomic_write_bytes, temp_prefix
 from .upstream import Pricing
+from .workers import side_files, side_path
 
 if TYPE_CHECKING:  # the record is the data plane's type; store/ never imports addon/ at run time
     from addon.record import RequestRecord, TokenUsage
@@ -63,9 +66,15 @@ RowKey = tuple[str, str | None, str | None, str | None]
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def usage_path_for(store_path: str | os.PathLike[str]) -> str:
-    """Where the proxy keeps usage for the store at ``store_path`` (``db.json`` -> ``db.json.usage.json``)."""
-    return os.fspath(store_path) + USAGE_SUFFIX
+def usage_path_for(store_path: str | os.PathLike[str], worker: str | None = None) -> str:
+    """Where the proxy keeps usage for the store at ``store_path`` (``db.json`` -> ``db.json.usage.json``; worker
+    ``w1`` of several: ``db.json.usage.w1.json``)."""
+    return side_path(os.fspath(store_path) + USAGE_SUFFIX, worker)
+
+
+def usage_files(path: str | os.PathLike[str]) -> list[str]:
+    """The single-process usage file ``path`` and every worker's, those that exist."""
+    return list(side_files(path).values())
 
 
 _last_day: tuple[int, str] = (-1, "")  # (days since the epoch, its YYYY-MM-DD): one datetime per day, not per call
@@ -147,6 +156,21 @@ class Tally:
 
 
 Days = dict[str, dict[RowKey, Tally]]
+
+
+def merge_days(parts: Iterable[Days]) -> Days:
+    """The sum of several processes' counts (new tallies: the parts are left as they are)."""
+    total: Days = {}
+    for days in parts:
+        for day, rows in days.items():
+            into = total.setdefault(day, {})
+            for key, tally in rows.items():
+                row = into.get(key)
+                if row is None:
+                    into[key] = replace(tally)
+                else:
+                    row.merge(tally)
+    return total
 
 
 def decode_usage(raw: bytes) -> tuple[float, Days]:

@@ -27,7 +27,7 @@ def test_schemas_come_from_the_models(client):
     doc = client.get(f"{API}/openapi.json").json
     schemas = doc["components"]["schemas"]
     for name in ("Gateway", "Upstream", "Target", "Credentials", "HealthChecks", "Failover", "Service", "Rule",
-                 "ApiKeyCreate", "ApiKeyCreated", "ApiKeyView", "ErrorBody", "UpstreamHealth"):
+                 "ApiKeyCreate", "ApiKeyCreated", "ApiKeyView", "ErrorBody", "MergedUpstreamHealth", "WorkerHealth", "TargetHealth"):
         assert name in schemas, name
     assert schemas["Target"]["properties"]["weight"]["minimum"] == 0
     assert schemas["Gateway"]["properties"]["id"]["readOnly"] is True
