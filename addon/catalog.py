@@ -47,13 +47,15 @@ def models_request(method: str, path: str, headers: Mapping[str, str]) -> Models
     if method != "GET":
         return None
     base, _, query = path.partition("?")
-    ingress = "anthropic" if header_values(headers, ("anthropic-version",))[0] is not None else None
     if base.rstrip("/") == MODELS_PATH:
-        return ModelsRequest(None, ingress, query)
-    if base.startswith(MODELS_PATH + "/"):
+        model_id = None
+    elif base.startswith(MODELS_PATH + "/"):
         # The SDKs percent-encode the id as one segment ("org/model" → "org%2Fmodel"): never forwarded, so decoded.
-        return ModelsRequest(unquote(base[len(MODELS_PATH) + 1:]), ingress, query)
-    return None
+        model_id = unquote(base[len(MODELS_PATH) + 1:])
+    else:
+        return None  # any other request: its headers are not read here
+    ingress = "anthropic" if header_values(headers, ("anthropic-version",))[0] is not None else None
+    return ModelsRequest(model_id, ingress, query)
 
 
 def gateway_models(snapshot: Snapshot, gateway: Gateway) -> tuple[ModelEntry, ...]:

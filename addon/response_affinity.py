@@ -38,9 +38,7 @@ MAX_ENTRIES = 100_000
 # OpenAI deletes stored responses after 30 days; an id older than that has nothing left to find.
 TTL_S = 30 * 24 * 3600.0
 
-RESPONSES_INGRESS = "openai-responses"
-# Providers whose targets keep Responses state (served by pass-through); "" is an untranslated target.
-STATEFUL_PROVIDERS = frozenset({"openai", ""})
+RESPONSES_INGRESS = providers.RESPONSES_INGRESS
 # /…/responses/{id}, /…/responses/{id}/cancel, /…/responses/{id}/input_items
 _ID_PATH = re.compile(r"/responses/([^/?]+)(?:/(?:cancel|input_items))?/?(?:\?|$)")
 
@@ -102,7 +100,9 @@ def referenced_id(method: str, path: str, canon: CanonicalRequest | None) -> tup
 
 
 def _stateful(t: Target) -> bool:
-    return (t.provider or "") in STATEFUL_PROVIDERS
+    """Whether a target can hold Responses state: it serves the Responses API by pass-through (the registry
+    says which providers do), or it is untranslated and gets the body as it is."""
+    return not t.provider or providers.serves_natively(RESPONSES_INGRESS, t.provider)
 
 
 def restrict(targets: list[Target], *, upstream: Upstream | None, scope: str, method: str, path: str,

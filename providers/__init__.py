@@ -21,6 +21,7 @@ Public API used by addon/:
     build_embeddings_request(req, target) -> UpstreamRequest   (OpenAI family, Gemini; 400: not for this target)
     translate_embeddings_response(req, provider, model, status, headers, body) -> Reply   (OpenAI's shape)
     response_id_in_body(body) / response_id_in_events(data) -> str | None   (a Responses answer's id)
+    RESPONSES_INGRESS; serves_natively(ingress, provider) -> bool   (pass-through, not the hub)
     open_stream(req, provider, *, now=None, new_id=None) -> StreamTranslator
         .feed(bytes) -> bytes   .finish() -> bytes   .abort(message, kind="api_error") -> bytes
         .committed  .upstream_error  .done  .usage -> Usage | None  .model -> str | None
@@ -45,7 +46,8 @@ from .embeddings import (
 )
 from .errors import GatewayError
 from .interface import Reply, TargetSpec, UpstreamRequest
-from .registry import INGRESSES, PROVIDERS
+from .registry import INGRESSES, PROVIDERS, serves_natively
+from .responses_wire import INGRESS as RESPONSES_INGRESS
 from .responses_passthrough import response_id_in_body, response_id_in_events
 from .streaming import StreamTranslator
 
@@ -55,4 +57,5 @@ __all__ = [
     "translate_response", "error_reply", "open_stream", "PROVIDERS", "INGRESSES", "FRAMING_HEADERS",
     "is_framing_header", "usage_from_body", "EmbeddingsRequest", "is_embeddings_path", "parse_embeddings_request",
     "build_embeddings_request", "translate_embeddings_response", "response_id_in_body", "response_id_in_events",
+    "RESPONSES_INGRESS", "serves_natively",
 ]

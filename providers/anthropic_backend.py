@@ -265,8 +265,8 @@ class AnthropicBackend(Backend):
     key_header, key_prefix = "x-api-key", ""
     version_headers = {"anthropic-version": ANTHROPIC_VERSION}
 
-    def __init__(self, passthrough: Passthrough | None = None) -> None:
-        self.passthrough = passthrough
+    def __init__(self, passthroughs: tuple[Passthrough, ...] = ()) -> None:
+        self.passthroughs = passthroughs
 
     def path(self, req: CanonicalRequest, target: TargetSpec, model: str) -> str:
         return target.path or "/v1/messages"

@@ -25,6 +25,7 @@ from .gemini import GeminiBackend, usage_from as gemini_usage
 from .interface import Backend, Reply, TargetSpec, UpstreamRequest
 from .jsonsafe import loads_request
 from .openai_backend import OpenAIBackend
+from .openai_passthrough import OpenAIPassthrough
 from .openai_wire import usage_from as openai_usage
 
 PATH_SUFFIX = "/embeddings"
@@ -163,7 +164,8 @@ def _gemini_body(req: EmbeddingsRequest, model: str) -> tuple[str, dict[str, Any
 
 
 def _openai_body(req: EmbeddingsRequest, model: str, backend: OpenAIBackend) -> dict[str, Any]:
-    if getattr(backend.passthrough, "fields", None) is not None:
+    chat = backend.passthrough_for(OpenAIPassthrough.ingress)
+    if isinstance(chat, OpenAIPassthrough) and chat.fields is not None:
         # A server that rejects fields it does not know (OpenAI-compatible): only OpenAI's fields, and floats
         # (not every such server encodes base64; the gateway does).
         body = {k: req.raw[k] for k in FIELDS if k in req.raw and k != "encoding_format"}

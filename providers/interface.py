@@ -130,21 +130,15 @@ class Backend(ABC):
     key_prefix: str = "Bearer "
     # Sent on every request; a target header of the same name (any case) replaces it.
     version_headers: Mapping[str, str] = {}
-    passthrough: Passthrough | None = None      # for clients of this backend's own family (its main format)
-    # Further client formats this backend serves natively, by ingress name (set with `serve_natively`).
-    extra_passthroughs: Mapping[str, Passthrough] = {}
-
-    def serve_natively(self, *passthroughs: Passthrough) -> "Backend":
-        """Add pass-throughs for more client formats (one per ingress); returns the backend."""
-        self.extra_passthroughs = {**self.extra_passthroughs, **{p.ingress: p for p in passthroughs}}
-        return self
+    # The client formats this backend serves natively, one pass-through each (the others go through the hub).
+    passthroughs: tuple[Passthrough, ...] = ()
 
     def passthrough_for(self, ingress: str) -> Passthrough | None:
         """The pass-through serving clients of `ingress` here; None: they are served through the hub."""
-        pt = self.passthrough
-        if pt is not None and pt.ingress == ingress:
-            return pt
-        return self.extra_passthroughs.get(ingress)
+        for pt in self.passthroughs:
+            if pt.ingress == ingress:
+                return pt
+        return None
 
     def default_origin(self) -> tuple[str, str, int]:
         if self.origin is None:

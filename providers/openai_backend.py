@@ -265,7 +265,7 @@ class OpenAIBackend(Backend):
     `max_tokens_field`  where the canonical max_tokens goes. Only api.openai.com is known to accept
                         max_completion_tokens everywhere (and its reasoning models reject max_tokens);
                         Azure/compat servers universally take max_tokens.
-    `passthrough`       how OpenAI clients are served (openai_passthrough.OpenAIPassthrough)
+    `passthroughs`      the client formats served natively (openai_passthrough.OpenAIPassthrough, ...)
     """
 
     name: str
@@ -277,7 +277,7 @@ class OpenAIBackend(Backend):
     key_header: str = "authorization"
     key_prefix: str = "Bearer "
     max_tokens_field: str = "max_tokens"
-    passthrough: Passthrough | None = None
+    passthroughs: tuple[Passthrough, ...] = ()
 
     def path(self, req: CanonicalRequest, target: TargetSpec, model: str) -> str:
         path = target.path or self.default_path

@@ -25,14 +25,14 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     # api.openai.com serves Responses clients natively (/v1/responses); Azure and OpenAI-compatible servers are
     # reached through the hub (most compatible servers have no /responses).
     OpenAIBackend("openai", origin=("https", "api.openai.com", 443), max_tokens_field="max_completion_tokens",
-                  passthrough=OpenAIPassthrough()).serve_natively(ResponsesPassthrough()),
-    AnthropicBackend(passthrough=AnthropicPassthrough()),
+                  passthroughs=(OpenAIPassthrough(), ResponsesPassthrough())),
+    AnthropicBackend(passthroughs=(AnthropicPassthrough(),)),
     GeminiBackend(),
     OpenAIBackend("azure", default_path="/openai/deployments/{model}/chat/completions", model_in_path=True,
                   api_version=AZURE_API_VERSION, key_header="api-key", key_prefix="",
-                  passthrough=OpenAIPassthrough()),
+                  passthroughs=(OpenAIPassthrough(),)),
     OpenAIBackend("openai-compatible",
-                  passthrough=OpenAIPassthrough(fields=COMPAT_FIELDS, always_usage=False)),
+                  passthroughs=(OpenAIPassthrough(fields=COMPAT_FIELDS, always_usage=False),)),
 )}
 
 # In the order request paths are matched against their suffixes.
@@ -84,6 +84,13 @@ def ingress_for_path(path: str) -> str | None:
         if p.endswith(c.path_suffix):
             return c.name
     return None
+
+
+def serves_natively(ingress: str, provider: Any) -> bool:
+    """Whether `provider`'s targets get clients of `ingress` by pass-through (the provider's own API for that
+    format, with whatever state it keeps), not through the hub."""
+    be = _get(BACKENDS, provider)
+    return be is not None and be.passthrough_for(ingress) is not None
 
 
 def route(ingress: str, provider: Any) -> tuple[Backend, Passthrough | None]:
