@@ -79,7 +79,7 @@ def classify_status(status: int) -> Reason | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (a frozen __init__ costs ~6x)
 class Inbound:
     """The caller's request as every attempt reads it, computed once per request."""
     method: str
@@ -92,7 +92,7 @@ class Inbound:
     embed: EmbeddingsRequest | None = None  # an embeddings request's parsed body, when some candidate has a provider
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (a frozen __init__ costs ~6x)
 class AttemptRequest:
     target: Target
     key: str           # health key "<upstream or service id>/<target id>" (names the target in logs)

@@ -68,7 +68,7 @@ class Settings:
     attempt_flows: bool = False  # capture every attempt's wire traffic (addon/wire.py)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request (a frozen __init__ costs ~6x)
 class RequestContext:
     """Everything about one request the loop reads, computed once."""
     ingress: str | None           # the caller's format ("openai", "anthropic"), None for other paths

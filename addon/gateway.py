@@ -26,6 +26,7 @@ from addon.bodies import decode_body
 from addon.ingress import Ingress, mask_query
 from addon import capacity, options, wire
 from addon.accesslog import AccessLog
+from addon.answers import make_response
 from addon.metrics import Metrics, SnapshotModels
 from addon.metrics_server import MetricsServer, parse_listen
 from addon.limit_store import LimitStore, mask_url
@@ -40,6 +41,9 @@ from addon.upstream import UpstreamClient
 from store.usage import UsageBook, usage_path_for
 
 log = logging.getLogger("aigw")
+
+# The key headers (masking.KEY_HEADERS) as the lower-case bytes of header fields.
+_KEY_FIELDS = {name.encode(): name for name in KEY_HEADERS}
 
 
 def _spawn(coro, *, name: str) -> asyncio.Task:
@@ -295,7 +299,7 @@ class GatewayAddon:
         except providers.GatewayError as err:
             self._concealed.pop(flow.id, None)
             reply = providers.error_reply(providers.ingress_for_path(req.path), err)
-            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+            flow.response = make_response(reply.status, reply.body, reply.headers)
             return
         # The flow stays masked (requestheaders): the dispatcher gets the caller's real key headers and path.
         path, headers = self._caller_view(req, self._concealed.pop(flow.id, None))
@@ -311,7 +315,7 @@ class GatewayAddon:
         if len(reply.attempts) > 1 or reply.fail_open:
             flow.marked = ":warning:"
         if reply.relay_token is None:
-            flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+            flow.response = make_response(reply.status, reply.body, reply.headers)
             return
         if reply.cancel is not None:
             self._streams[flow.id] = (flow.client_conn.id, reply.cancel)
@@ -388,14 +392,27 @@ class GatewayAddon:
             if masked != req.path:
                 original["path"] = req.path
                 req.path = masked
-        headers = req.headers
-        for name in KEY_HEADERS:
-            values = headers.get_all(name)
-            if values:
-                masked_values = [mask_header_value(name, v) for v in values]
-                if masked_values != values:
-                    original[name] = values
-                    headers.set_all(name, masked_values)
+        # One pass over the fields (each Headers.get_all/set_all rescans them all): a key header's values are
+        # kept in full, in order, when any of them is masked.
+        fields = req.headers.fields
+        found: dict[str, list[tuple[int, str, str]]] = {}
+        for i, (name, value) in enumerate(fields):
+            lname = name.lower()
+            if lname in _KEY_FIELDS:
+                key_name = _KEY_FIELDS[lname]
+                text = value.decode("utf-8", "surrogateescape")
+                found.setdefault(key_name, []).append((i, text, mask_header_value(key_name, text)))
+        if found:
+            new_fields = None
+            for key_name, entries in found.items():
+                if all(text == masked for _, text, masked in entries):
+                    continue
+                original[key_name] = [text for _, text, _ in entries]
+                new_fields = new_fields or list(fields)
+                for i, _, masked in entries:
+                    new_fields[i] = (fields[i][0], masked.encode("utf-8", "surrogateescape"))
+            if new_fields is not None:
+                req.headers.fields = tuple(new_fields)
         return original or None
 
     @staticmethod
@@ -404,8 +421,13 @@ class GatewayAddon:
         flow itself stays masked."""
         if not original:
             return req.path, req.headers
-        headers = req.headers.copy()
-        for name, values in original.items():
-            if name != "path":
-                headers.set_all(name, values)
-        return original.get("path", req.path), headers
+        pending = {name.encode(): iter(values) for name, values in original.items() if name != "path"}
+        fields = []
+        for name, value in req.headers.fields:
+            values = pending.get(name.lower())
+            if values is not None:
+                real = next(values, None)
+                if real is not None:
+                    value = real.encode("utf-8", "surrogateescape")
+            fields.append((name, value))
+        return original.get("path", req.path), http.Headers(fields)

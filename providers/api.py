@@ -2,13 +2,13 @@
 shares (model ids, header order and framing headers, which exceptions become which errors)."""
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any, Callable, Mapping
 
 from . import registry
 from .canonical import CanonicalRequest, IdFactory, Usage, default_new_id, dumps
+from .jsoncodec import loads
 from .errors import GatewayError, retry_headers
 from .interface import Backend, Reply, TargetSpec, UpstreamRequest
 from .jsonsafe import loads_request
@@ -151,7 +151,7 @@ def translate_response(req: CanonicalRequest, provider: str, status: int, header
             out_body = registry.error_client(req.ingress).error_body(err)
         return Reply(err.status, {**_JSON, **retry_headers(headers)}, out_body)
     try:
-        obj = json.loads(body)
+        obj = loads(body)
     except (ValueError, UnicodeDecodeError):
         raise GatewayError(502, "api_error", f"{provider} returned a response that is not valid JSON") from None
     # What the provider names as the serving model: read before a translation fills in the requested one.
@@ -174,7 +174,7 @@ def usage_from_body(provider: str, body: bytes) -> Usage | None:
     if backend is None or not body:
         return None
     try:
-        return backend.usage_of(json.loads(body))
+        return backend.usage_of(loads(body))
     except (ValueError, RecursionError, TypeError):
         return None
 

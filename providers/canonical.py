@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from .errors import invalid
+from . import jsoncodec
+from .jsoncodec import loads
+
+# The one JSON writer of the translators (providers/jsoncodec.py), importable from here with the vocabulary.
+dumps = jsoncodec.dumps
 
 
 # ---------------------------------------------------------------- content parts
@@ -243,7 +248,7 @@ def parse_arguments(raw: Any) -> dict:
     if not raw or not isinstance(raw, str):
         return {}
     try:
-        val = json.loads(raw)
+        val = loads(raw)
     except ValueError:
         return {}
     return val if isinstance(val, dict) else {}
@@ -257,18 +262,6 @@ IdFactory = Callable[[str], str]
 Clock = Callable[[], float]
 
 
-# What json.dumps(obj, ensure_ascii=False, separators=(",", ":")) builds on every call: built once.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
-def dumps(obj: Any) -> bytes:
-    text = _ENCODER.encode(obj)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        # An unpaired surrogate (request bodies holding one are refused at parse; a provider's answer may still
-        # carry one): kept as its \u escape, which is valid JSON, instead of failing the request.
-        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def want(obj: dict, key: str, types: tuple, what: str, required: bool = False) -> Any:

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from .errors import GatewayError
+from .jsoncodec import Undecided, fast_loads
 
 MAX_DEPTH = 128
 
@@ -86,6 +87,10 @@ def loads_request(body: bytes | str) -> Any:
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     if nesting_exceeds(raw):
         raise _invalid(f"request body nests arrays/objects more than {MAX_DEPTH} levels deep")
+    try:
+        return fast_loads(raw)  # valid UTF-8 JSON without any of the above: what the checks below would accept
+    except Undecided:
+        pass
     encoding = json.detect_encoding(raw)
     try:
         obj = _DECODER.decode(raw.decode(encoding, "surrogatepass"))  # as json.loads decodes bytes

@@ -3,10 +3,9 @@
 and the events of a stream."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from .canonical import Usage, dumps, token_counts
+from .canonical import Usage, dumps, loads, token_counts
 from .errors import ANTHROPIC_TYPE_TO_KIND, GatewayError
 from .streaming import Source
 
@@ -70,7 +69,7 @@ def usage_obj(u: Usage) -> dict:
 def chunk_of(source: Source, data: str) -> dict | None:
     """The JSON object of one `data:` line; None for anything else (invalid JSON is reported as such)."""
     try:
-        chunk = json.loads(data)
+        chunk = loads(data)
     except ValueError:
         source.invalid_event()
         return None

@@ -17,10 +17,10 @@ re-frame events without re-encoding them.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from .canonical import Usage
+from .jsoncodec import loads
 from .errors import GatewayError
 from .sse import SSEDecoder, SSEEvent, SSEOverflow
 
@@ -85,7 +85,7 @@ class Source:
     def event_json(self, data: str) -> Any:
         """An event's data parsed as JSON; `INVALID` (after `invalid_event`) when it is not JSON."""
         try:
-            return json.loads(data)
+            return loads(data)
         except ValueError:
             self.invalid_event()
             return INVALID

@@ -281,15 +281,25 @@ def test_dumps_never_fails_on_a_lone_surrogate():
 
 
 @pytest.mark.parametrize("obj", [CHAT, {"a": [1.5, 1e-07, 10**40, None, True, "\x00\u2028é"]}, {1: 2}, "s", 3,
-                                 {"n": float("nan")}, {"t": "a\ud800b"}])
+                                 {"t": "a\ud800b"}, {"a": [0.1, 1e-07, 2.5e300, -0.0, 1e16]}])
 def test_dumps_is_compact_json_dumps(obj):
-    """The one shared encoder writes what json.dumps(ensure_ascii=False, compact separators) writes."""
+    """The one shared encoder writes what json.dumps(ensure_ascii=False, compact separators) writes: the same
+    bytes, but for the spelling of a float (orjson writes 1e-7 for 1e-07), never another value."""
     text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     try:
         expected = text.encode()
     except UnicodeEncodeError:
         expected = json.dumps(obj, separators=(",", ":")).encode()
-    assert dumps(obj) == expected
+    got = dumps(obj)
+    assert json.loads(got) == json.loads(expected)
+    assert got == expected or "e-" in text  # only a float's exponent is spelt differently
+    assert b": " not in got and b", " not in got
+
+
+def test_dumps_writes_valid_json_for_non_finite_floats():
+    """NaN and Infinity are not JSON (a provider's answer may hold them; json.loads reads them): written as null,
+    which every client's JSON parser reads."""
+    assert dumps({"n": float("nan"), "i": float("inf"), "x": [float("-inf")]}) == b'{"n":null,"i":null,"x":[null]}'
 
 
 # -- key masking -------------------------------------------------------------------------------------------------
