@@ -13,6 +13,7 @@ relay's response headers arrive.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 
@@ -217,6 +218,10 @@ class GatewayAddon:
             _spawn(self._check_limit_storage(), name="aigw-limit-storage-check")
             if self.shared is not None:
                 self.shared.start(_spawn)
+            # What exists once the proxy runs (mitmproxy, the addon, the first snapshot) lives as long as the
+            # process: kept out of the cyclic collector, whose full passes would otherwise walk it again and again
+            # (~20 % of the time the collector takes under load).
+            gc.freeze()
 
     def _ready(self) -> bool:
         """For /readyz: the proxy runs, with its configuration loaded (an empty store is a configuration)."""

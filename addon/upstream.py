@@ -90,11 +90,11 @@ class UpstreamClient:
 async def read_some(content: aiohttp.StreamReader, timeout: float) -> bytes:
     """The next bytes of an answer (b"" at its end), waiting at most `timeout` seconds for them.
 
-    What has already arrived is taken without arming a timer (a small answer is usually whole when its headers
-    are read; a fast stream's next events are often buffered): a timer costs more than the read. Raises what
-    `readany` raises (the connection's error, TimeoutError)."""
+    What has already arrived, and the end once reached, are taken without arming a timer (a small answer is
+    usually whole when its headers are read; a fast stream's next events are often buffered): a timer costs more
+    than the read. Raises what `readany` raises (the connection's error, TimeoutError)."""
     chunk = content.read_nowait()
-    if chunk:
+    if chunk or content.at_eof():  # at its end: b"" without a timer either
         return chunk
     async with asyncio.timeout(timeout):
         return await content.readany()

@@ -53,7 +53,7 @@ def parse_request(ingress: str, body: bytes, headers: Mapping[str, str] | None =
         # A shape the field checks did not anticipate: still the client's fault, never a 500.
         raise GatewayError(400, "invalid_request", f"malformed request body: {e}") from None
     wanted = client.forwarded_headers
-    if headers and wanted:
+    if headers is not None and wanted:  # (not `if headers`: len() of mitmproxy's Headers folds every name)
         # One pass over the fields: mitmproxy's Headers.items() rescans every field per name (quadratic).
         fields = getattr(headers, "fields", None)
         pairs = (((k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))

@@ -69,6 +69,9 @@ class FakeContent:
             return item
         return b""
 
+    def at_eof(self) -> bool:  # aiohttp: the end arrived and every byte was read
+        return not self.items
+
     def read_nowait(self) -> bytes:
         out = b""
         while self.items and isinstance(self.items[0], bytes):

@@ -643,6 +643,9 @@ class FakeContent:
     async def readany(self) -> bytes:
         return self.items.pop(0) if self.items else b""
 
+    def at_eof(self) -> bool:  # aiohttp: the end arrived and every byte was read
+        return not self.items
+
     def read_nowait(self) -> bytes:
         return self.items.pop(0) if self.items else b""
 
