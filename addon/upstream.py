@@ -69,7 +69,7 @@ class UpstreamClient:
         timeout = _client_timeout(attempt.connect_timeout)
         async with asyncio.timeout(attempt.connect_timeout + attempt.headers_timeout):
             return await self.session().request(
-                attempt.method, URL(attempt.url, encoded=True), headers=attempt.headers, data=attempt.body or None,
+                attempt.method, _url(attempt.url), headers=attempt.headers, data=attempt.body or None,
                 timeout=timeout, allow_redirects=False, compress=None)
 
     @staticmethod
@@ -98,6 +98,12 @@ async def read_some(content: aiohttp.StreamReader, timeout: float) -> bytes:
         return chunk
     async with asyncio.timeout(timeout):
         return await content.readany()
+
+
+@lru_cache(maxsize=4096)
+def _url(url: str) -> URL:
+    """The URL sent as built (yarl URLs are immutable: one per target URL, not one per call)."""
+    return URL(url, encoded=True)
 
 
 @lru_cache(maxsize=256)
