@@ -11,7 +11,7 @@ Systems, all in front of the same mock provider (`python -m aigw.mock`) on this 
 Scenarios (each at fixed concurrency for a fixed time, wrk when installed):
   openai   OpenAI request → OpenAI target (aigw passes the body through)      bare: the same request
   xlate    OpenAI request → Anthropic target (aigw translates both ways)      bare: the Anthropic request
-  --stream the same with `stream: true` (SSE relayed event by event)
+  each with JSON answers and with `stream: true` (SSE relayed event by event): `--mode json|stream|both` (both)
   --realistic  SDK-like headers (20) and a gzip-compressed multi-turn body
 Then: added latency at c=1 (p50 over the mock's own), TTFT overhead for streams, chunk fidelity through a paced mock,
 --failover-cost (a refused and a 500 target first), --invalid-keys (a flood of unknown keys), --limits-cost (a key's
@@ -37,13 +37,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_load import LoadResult, latency_probe, load  # noqa: E402
+from bench_report import FAILOVER_BUDGET_MS, render  # noqa: E402
 
 from aigw.procs import free_port, start_logged, wait_port  # noqa: E402
 from aigw.procs import stop_process as stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FAILOVER_BUDGET_MS = 100.0  # what one failover (refused or 500, then served) may add at p50
+# --mode: which answers each scenario is measured with (stream: `stream: true`, SSE relayed event by event).
+MODES = {"both": (False, True), "json": (False,), "stream": (True,)}
 MOCK_KEY = "sk-bench"
 ANTHROPIC_HEADERS = {"content-type": "application/json", "x-api-key": MOCK_KEY, "anthropic-version": "2023-06-01"}
 OPENAI_HEADERS = {"content-type": "application/json", "authorization": f"Bearer {MOCK_KEY}"}
@@ -208,24 +210,28 @@ def run(args) -> dict:
             systems.append(b.gateway(label or f"base{i + 1}", data, tree, env={"PYTHONPATH": str(tree)}))
         bare = systems[0]
         result: dict = {"machine": machine(), "concurrency": args.concurrency, "duration_s": args.duration,
-                        "engine": args.engine, "stream": args.stream, "realistic": args.realistic, "scenarios": {}}
-        scenarios = {"openai": ("/v1/chat/completions", OPENAI_HEADERS, openai_body(args.stream), "oa"),
-                     "xlate": ("/v1/messages", ANTHROPIC_HEADERS, anthropic_body(args.stream), "an")}
-        for name, (bare_path, bare_headers, bare_body, sub) in scenarios.items():
-            if args.only and name not in args.only:
-                continue
-            rows: dict[str, list[dict]] = {}
-            for _ in range(args.rounds):  # alternate the systems round by round: drift hits all of them alike
-                for s in systems:
-                    if s is bare or s.name == "floor":
-                        r = measure(args, s, bare_path, bare_headers, bare_body)
-                    else:
-                        r = measure(args, s, "/v1/chat/completions", gateway_headers(keys[sub], sub),
-                                    openai_body(args.stream))
-                    rows.setdefault(s.name, []).append(r.as_dict())
-            result["scenarios"][name] = {k: _median_row(v) for k, v in rows.items()}
+                        "engine": args.engine, "modes": ["stream" if m else "json" for m in args.modes],
+                        "realistic": args.realistic, "scenarios": {}}
+        for stream in args.modes:
+            scenarios = {"openai": ("/v1/chat/completions", OPENAI_HEADERS, openai_body(stream), "oa"),
+                         "xlate": ("/v1/messages", ANTHROPIC_HEADERS, anthropic_body(stream), "an")}
+            for name, (bare_path, bare_headers, bare_body, sub) in scenarios.items():
+                if args.only and name not in args.only:
+                    continue
+                rows: dict[str, list[dict]] = {}
+                for _ in range(args.rounds):  # alternate the systems round by round: drift hits all of them alike
+                    for s in systems:
+                        if s is bare or s.name == "floor":
+                            if s.name == "floor" and stream:
+                                continue  # the floor reads an answer whole: it cannot relay a stream
+                            r = measure(args, s, bare_path, bare_headers, bare_body)
+                        else:
+                            r = measure(args, s, "/v1/chat/completions", gateway_headers(keys[sub], sub),
+                                        openai_body(stream))
+                        rows.setdefault(s.name, []).append(r.as_dict())
+                result["scenarios"][scenario_name(name, stream)] = {k: _median_row(v) for k, v in rows.items()}
         result["latency_c1"] = latency_c1(args, mock_port, systems, keys)
-        if args.stream or args.fidelity:
+        if True in args.modes or args.fidelity:
             result["chunk_fidelity"] = chunk_fidelity(b, systems, data)
         if args.failover_cost:
             result["failover"] = failover_cost(b, args, data, mock_port, systems[1])
@@ -246,6 +252,11 @@ def run(args) -> dict:
         return result
     finally:
         b.close()
+
+
+def scenario_name(name: str, stream: bool) -> str:
+    """A scenario's row label: `openai`, `xlate` (JSON answers), `openai-stream`, `xlate-stream`."""
+    return f"{name}-stream" if stream else name
 
 
 def _median_row(rows: list[dict]) -> dict:
@@ -360,86 +371,17 @@ def peers(b: Bench, args, mock_port: int) -> dict:
     for peer in bench_peers.peers(mock_port, b.tmp, args.peer_names):
         try:
             with peer:
-                for t in peer.targets:
-                    raw = json.dumps(dict(t.body, stream=args.stream)).encode()
-                    r = load(t.url, t.headers, raw, concurrency=args.concurrency, duration=args.duration,
-                             warmup=args.warmup, pid=peer.pid, engine=args.engine)
-                    out[t.name] = r.as_dict() | {"version": peer.version,
-                                                 "scenario": "xlate" if "Anthropic" in t.name else "openai"}
+                for stream in args.modes:
+                    for t in peer.targets:
+                        raw = json.dumps(dict(t.body, stream=stream)).encode()
+                        r = load(t.url, t.headers, raw, concurrency=args.concurrency, duration=args.duration,
+                                 warmup=args.warmup, pid=peer.pid, engine=args.engine)
+                        scenario = scenario_name("xlate" if "Anthropic" in t.name else "openai", stream)
+                        out[f"{t.name}{' stream' if stream else ''}"] = r.as_dict() | {
+                            "version": peer.version, "peer": peer.name, "scenario": scenario}
         except bench_peers.PeerUnavailable as err:
             out[peer.name] = {"unavailable": str(err)}
     return out
-
-
-# --- output ---------------------------------------------------------------------------------------------------
-def render(res: dict) -> str:
-    lines = [f"machine: {res['machine']}",
-             f"load: {res['engine']} engine, c={res['concurrency']}, {res['duration_s']:g} s per system"
-             f"{', stream' if res['stream'] else ', non-stream'}{', realistic requests' if res['realistic'] else ''}",
-             "", f"{'scenario':9s} {'system':8s} {'req/s':>8s} {'x bare':>7s} {'p50 ms':>8s} {'p99 ms':>8s} "
-                 f"{'CPU ms/req':>10s} {'x bare':>7s} {'errors':>6s} {'RSS MiB':>7s}"]
-    for name, rows in res["scenarios"].items():
-        bare = rows.get("bare")
-        for sysname, r in rows.items():
-            x = r["rps"] / bare["rps"] if bare and bare["rps"] else 0
-            xc = r["cpu_ms_per_req"] / bare["cpu_ms_per_req"] if bare and bare["cpu_ms_per_req"] else 0
-            lines.append(f"{name:9s} {sysname:8s} {r['rps']:8.1f} {x:7.3f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} "
-                         f"{r['cpu_ms_per_req']:10.3f} {xc:7.3f} {r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
-    for name, rows in res["scenarios"].items():
-        floor, aigw, bare = rows.get("floor"), rows.get("aigw"), rows.get("bare")
-        if floor and aigw and bare and floor["rps"]:
-            lines.append(f"{name}: aigw {aigw['rps'] / floor['rps']:.3f} x floor req/s; CPU ms/req over bare: design "
-                         f"floor {floor['cpu_ms_per_req'] - bare['cpu_ms_per_req']:+.3f}, gateway logic "
-                         f"{aigw['cpu_ms_per_req'] - floor['cpu_ms_per_req']:+.3f}")
-    for kind, row in res.get("latency_c1", {}).items():
-        d = row["direct"]
-        parts = [f"direct {d['p50_ms']:.2f} ms"] + [
-            f"{k} {v['p50_ms'] - d['p50_ms']:+.2f} ms" for k, v in row.items() if k != "direct"]
-        lines.append(f"added p50 at c=1, {kind.replace('_', '-')}: " + ", ".join(parts))
-        if kind == "stream":
-            lines.append("  TTFT overhead p50: " + ", ".join(
-                f"{k} {v['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms" for k, v in row.items() if k != "direct"))
-    if "chunk_fidelity" in res:
-        lines.append("chunk fidelity (paced 20 ms): " + ", ".join(
-            f"{k}: {v['reads_with_events']:g} reads for {v['events']:g} events"
-            f" ({'event by event' if v['event_by_event'] else 'COALESCED'})" for k, v in res["chunk_fidelity"].items()))
-    if "failover" in res:
-        f = res["failover"]
-        lines.append(f"failover: one refused target first {f['refused']['added_p50_ms']:+.2f} ms p50, one 500 first "
-                     f"{f['500']['added_p50_ms']:+.2f} ms p50 (budget {FAILOVER_BUDGET_MS:g} ms: "
-                     f"{'ok' if f['within_budget'] else 'OVER'})")
-    if "invalid_keys" in res:
-        r = res["invalid_keys"]
-        lines.append(f"invalid-key flood: {r['answered_rps']:.0f} refusals/s (401), CPU {r['cpu_ms_per_req']:.3f} ms "
-                     f"each")
-    if "observability" in res:
-        lines.append("observability cost (openai scenario, medians of alternated rounds):")
-        for name, r in res["observability"].items():
-            lines.append(f"  {name:15s} {r['rps']:8.1f} req/s ({r['rps_vs_lean']:.3f} x lean)  CPU "
-                         f"{r['cpu_ms_per_req']:.3f} ms/req ({r['cpu_vs_lean']:.3f} x lean)")
-    if "limits" in res:
-        import bench_limits
-        lines += bench_limits.render(res["limits"])
-    if "streams_burst" in res:
-        r = res["streams_burst"]
-        lines.append(f"{r['streams']} concurrent streams opened over {r['burst_s']:g} s, held {r['soak_s']:g} s: "
-                     f"{r['completed']} completed, errors {r['error_count']} {r['errors'] or ''}, all connected in "
-                     f"{r['connect_all_s']:.1f} s, peak RSS {r['peak_rss_kb'] / 1024:.0f} MiB, soak growth "
-                     f"{r['soak_growth_kb'] / 1024:+.1f} MiB")
-    if "peers" in res:
-        lines.append("")
-        lines.append(f"{'peer (same mock, same load)':34s} {'req/s':>8s} {'x aigw':>7s} {'x bare':>7s} {'p50 ms':>8s} "
-                     f"{'CPU ms/req':>10s} {'errors':>6s} {'RSS MiB':>7s}")
-        for name, r in res["peers"].items():
-            if "unavailable" in r:
-                lines.append(f"{name:34s} skipped: {r['unavailable']}")
-                continue
-            rows = res["scenarios"].get(r["scenario"], {})
-            aigw, bare = rows.get("aigw", {}).get("rps"), rows.get("bare", {}).get("rps")
-            lines.append(f"{name + ' ' + r['version']:34s} {r['rps']:8.1f} {r['rps'] / aigw if aigw else 0:7.3f} "
-                         f"{r['rps'] / bare if bare else 0:7.3f} {r['p50_ms']:8.2f} {r['cpu_ms_per_req']:10.3f} "
-                         f"{r['errors']:6d} {r['rss_kb'] / 1024:7.0f}")
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -449,7 +391,9 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=1, help="alternate the systems this many times; report medians")
     p.add_argument("--engine", choices=("auto", "wrk", "aiohttp"), default="auto")
-    p.add_argument("--stream", action="store_true", help="streamed answers instead of JSON")
+    p.add_argument("--mode", choices=tuple(MODES), default="both",
+                   help="JSON answers, streamed ones, or both (default), each scenario per mode")
+    p.add_argument("--stream", action="store_true", help="streamed answers only (--mode stream)")
     p.add_argument("--realistic", action="store_true", help="SDK-like headers and a gzip multi-turn body")
     p.add_argument("--only", nargs="*", choices=("openai", "xlate"), help="scenarios to run (default: both)")
     p.add_argument("--baseline", metavar="DIR[=NAME]", action="append",
@@ -478,6 +422,8 @@ def main() -> int:
                    help="only this: `aigw up --workers N` behind HAProxy for each count, e.g. 1,2 (req/s, CPU "
                         "per 1,000 requests per worker and HAProxy's; scripts/bench_workers.py)")
     args = p.parse_args()
+    args.modes = MODES["stream" if args.stream else args.mode]
+    args.stream = args.modes == (True,)  # what the extra measurements (--failover-cost, ...) send
     if args.workers:
         import bench_workers
         return bench_workers.main(args)
