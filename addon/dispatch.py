@@ -154,6 +154,7 @@ class Dispatcher:
         self.observe = observe
         self.limiter = limiter  # None: no limits at all (unit tests of the failover loop)
         self.catalog = catalog.Catalog()  # GET /v1/models, answered by the gateway itself
+        self.routes = routing.RouteCache()  # what (Host, key, path, method) resolves to, per snapshot
 
     async def handle(self, *, method: str, path: str, host: str, headers: Mapping[str, str],
                      body: bytes | None, request_id: str = "") -> Reply:
@@ -205,8 +206,8 @@ class Dispatcher:
         if len(body) > self.settings.max_body:
             raise GatewayError(413, "request_too_large",
                                f"Request body is larger than {self.settings.max_body} bytes.")
-        route = routing.resolve(self.live.snapshot, host=host, headers=headers, path=path, method=method,
-                                base_domain=self.settings.base_domain)
+        route = self.routes.resolve(self.live.snapshot, host=host, headers=headers, path=path, method=method,
+                                    base_domain=self.settings.base_domain)
         upstream = route.upstream
         record.gateway_id, record.gateway = route.gateway.id, route.gateway.name
         record.rule_id, record.service_id = route.rule.id, route.service.id

@@ -118,6 +118,38 @@ def resolve(snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: 
     return Route(gateway=gateway, key=key, rule=rule, service=service, upstream=upstream, presented_key=presented)
 
 
+class RouteCache:
+    """`resolve`, remembered per snapshot: what a (Host, key, path, method) resolves to cannot change until the
+    configuration does — but for the key's `usable_at` (it may expire), checked on every hit. Kept by the key's
+    hash (no plaintext key is held), successes only (a flood of unknown keys adds nothing), at most MAX_ROUTES
+    entries (then it starts over)."""
+
+    MAX_ROUTES = 4096
+
+    def __init__(self) -> None:
+        self._snapshot: Snapshot | None = None
+        self._routes: dict[tuple[str, str, str, str, str], Route] = {}
+
+    def resolve(self, snapshot: Snapshot, *, host: str, headers: Mapping[str, str], path: str, method: str,
+                base_domain: str = "", now: datetime | None = None) -> Route:
+        presented = client_key(headers)
+        if not presented:
+            return resolve(snapshot, host=host, headers=headers, path=path, method=method, base_domain=base_domain,
+                           now=now)
+        if snapshot is not self._snapshot:
+            self._snapshot, self._routes = snapshot, {}
+        entry = (host, hash_key(presented), path, method, base_domain)
+        hit = self._routes.get(entry)
+        if hit is not None and hit.key.usable_at(now or datetime.now(timezone.utc)):
+            return Route(hit.gateway, hit.key, hit.rule, hit.service, hit.upstream, presented)
+        route = resolve(snapshot, host=host, headers=headers, path=path, method=method, base_domain=base_domain,
+                        now=now)
+        if len(self._routes) >= self.MAX_ROUTES:
+            self._routes.clear()
+        self._routes[entry] = Route(route.gateway, route.key, route.rule, route.service, route.upstream)
+        return route
+
+
 # What a request path may hold: RFC 3986 pchar and "/" (percent-escapes checked separately).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # A query is forwarded as is: visible ASCII without "#" (a fragment would be cut off on the way out).

@@ -141,3 +141,58 @@ def test_client_key_reads_headers_and_mappings_alike(fields, key):
     h = http.Headers(fields)
     assert routing.client_key(h) == key
     assert routing.client_key({k.lower(): v for k, v in h.items()}) == key  # a plain mapping: its own get
+
+
+# -- RouteCache: resolve remembered per snapshot -----------------------------------------------------------------
+class CountingSnap(FakeSnap):
+    def __init__(self):
+        super().__init__()
+        self.lookups = 0
+
+    def key_by_hash(self, h):
+        self.lookups += 1
+        return super().key_by_hash(h)
+
+
+def test_route_cache_answers_like_resolve_and_looks_up_once():
+    cache, snap = routing.RouteCache(), CountingSnap()
+    args = dict(host="alpha.example.com", path="/v1/chat/completions", method="POST", now=NOW)
+    first = cache.resolve(snap, headers={"x-api-key": "k1"}, **args)
+    again = cache.resolve(snap, headers={"authorization": "Bearer k1"}, **args)
+    plain = routing.resolve(snap, headers={"x-api-key": "k1"}, **args)
+    assert (first.gateway, first.key, first.rule, first.service, first.upstream) == \
+           (again.gateway, again.key, again.rule, again.service, again.upstream) == \
+           (plain.gateway, plain.key, plain.rule, plain.service, plain.upstream)
+    assert first.presented_key == again.presented_key == "k1"
+    assert snap.lookups == 2  # the cache's first resolve and the plain one: the second request was a hit
+    assert all("k1" not in repr(k) for k in cache._routes) and all(r.presented_key == "" for r in cache._routes.values())
+
+
+def test_route_cache_rechecks_the_key_in_time_and_starts_over_with_a_new_snapshot():
+    cache, snap = routing.RouteCache(), CountingSnap()
+    soon = NOW + timedelta(hours=1)
+    snap.keys[hash_key("k1")] = snap.keys[hash_key("k1")].model_copy(update={"expires_at": soon})
+    args = dict(host="alpha.example.com", headers={"x-api-key": "k1"}, path="/v1/chat/completions", method="POST")
+    assert cache.resolve(snap, now=NOW, **args).key.id == "key1"
+    with pytest.raises(GatewayError) as err:
+        cache.resolve(snap, now=soon + timedelta(seconds=1), **args)  # cached, but the key expired since
+    assert err.value.status == 401
+    other = CountingSnap()
+    del other.keys[hash_key("k1")]
+    with pytest.raises(GatewayError):
+        cache.resolve(other, now=NOW, **args)  # another snapshot: nothing of the old one is used
+    assert other.lookups == 1
+
+
+def test_route_cache_keeps_successes_only_and_is_bounded(monkeypatch):
+    cache, snap = routing.RouteCache(), CountingSnap()
+    for bad in ("nope", "old", "off"):
+        with pytest.raises(GatewayError):
+            cache.resolve(snap, host="alpha.example.com", headers={"x-api-key": bad}, path="/v1/x", method="POST",
+                          now=NOW)
+    assert not cache._routes
+    monkeypatch.setattr(routing.RouteCache, "MAX_ROUTES", 3)
+    for i in range(7):
+        cache.resolve(snap, host="alpha.example.com", headers={"x-api-key": "k1"}, path=f"/v1/p{i}", method="POST",
+                      now=NOW)
+        assert len(cache._routes) <= 3
