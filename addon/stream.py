@@ -125,6 +125,9 @@ class RelayedStream:
 
     async def pump(self, write: Write) -> None:
         """Relay the stream to the caller (the relay's `Parked.pump`)."""
+        # Parked: the status line and headers are the relay's now. A held stream keeps only what it reads with
+        # (thousands are held at once: scripts/bench_streams.py).
+        self.headers, self._opened.headers = {}, {}
         ok, why = False, ""
         try:
             ok, why = await self._relay(write)
@@ -151,8 +154,10 @@ class RelayedStream:
         translator, content, idle = opened.translator, opened.response.content, opened.idle_timeout
         wire = opened.wire
         if opened.buffered:
+            buffered, opened.buffered = opened.buffered, b""
             self._first_content()
-            await write(opened.buffered)
+            await write(buffered)
+            del buffered
         progress = time.monotonic()  # when the caller last got something
         while True:
             now = time.monotonic()

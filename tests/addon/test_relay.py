@@ -91,3 +91,43 @@ async def test_read_some_takes_what_arrived_without_a_timer_and_waits_bounded_ot
     content.set_exception(aiohttp.ClientPayloadError("cut"))
     with pytest.raises(aiohttp.ClientPayloadError):
         await read_some(content, 2)
+
+
+async def test_the_hop_closing_mid_stream_stops_the_pump():
+    """mitmproxy drops the relay connection (its caller went away): the pump is cancelled at once, not at its
+    next write, so the provider stream it reads is closed."""
+    relay = Relay()
+    port = await relay.start()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def pump(write):
+        await write(b"data: one\n\n")
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a provider that sends nothing more
+        finally:
+            stopped.set()
+
+    token = relay.park(Parked(200, [], pump, lambda: None))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /{token} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+    await asyncio.wait_for(started.wait(), 2)
+    writer.close()
+    await asyncio.wait_for(stopped.wait(), 2)
+    await relay.stop()
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /t HTTP/1.1\r\ncontent-length: nope\r\n\r\n",
+    b"GET /t HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+    b"GET /" + b"t" * 70000 + b" HTTP/1.1\r\n",  # no end of head within the limit
+])
+async def test_a_malformed_request_is_refused_with_400(request_head):
+    relay = Relay()
+    port = await relay.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request_head)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 400") and await asyncio.wait_for(reader.read(), 2) == b""
+    writer.close()
+    await relay.stop()
