@@ -210,7 +210,11 @@ class _Hop(asyncio.Protocol):
             self._refuse(_NOT_FOUND)
             return
         transport.write(claim.head)
-        self._pump = asyncio.get_running_loop().create_task(self._answer(claim.pump))
+        # mitmproxy's loop starts tasks eagerly: an answer that is already whole runs to its end inside
+        # create_task (and may have taken the next request already). Only a task still running is the pump.
+        task = asyncio.get_running_loop().create_task(self._answer(claim.pump))
+        if not task.done():
+            self._pump = task
 
     def _refuse(self, answer: bytes) -> None:
         assert self._transport is not None

@@ -131,3 +131,31 @@ async def test_a_malformed_request_is_refused_with_400(request_head):
     assert head.startswith(b"HTTP/1.1 400") and await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
     await relay.stop()
+
+
+async def test_keep_alive_after_an_answer_that_completes_inside_create_task():
+    """mitmproxy's loop runs new tasks eagerly: an answer already whole (the pump never suspends) ends inside
+    create_task. The next request on the same connection must still be answered (it once hung there)."""
+    loop = asyncio.get_running_loop()
+    old_factory = loop.get_task_factory()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    relay = Relay()
+    try:
+        port = await relay.start()
+
+        async def whole(write):
+            await write(b"data: all at once\n\n")  # never suspends: the transport takes it at once
+
+        tokens = [relay.park(Parked(200, [("content-type", "text/event-stream")], whole, lambda: None))
+                  for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for token in tokens:  # one connection, one request after the other (keep-alive)
+            writer.write(f"GET /{token} HTTP/1.1\r\nhost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+            assert head.startswith(b"HTTP/1.1 200")
+            body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 2)
+            assert b"data: all at once" in body
+        writer.close()
+    finally:
+        await relay.stop()
+        loop.set_task_factory(old_factory)
