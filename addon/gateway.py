@@ -24,7 +24,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 import providers
 from addon.dispatch import Dispatcher, Settings
 from addon.bodies import decode_body
-from addon.ingress import Ingress, mask_query
+from addon.ingress import Ingress
 from addon import capacity, options, wire
 from addon.accesslog import AccessLog
 from addon.answers import make_response
@@ -34,7 +34,7 @@ from addon.limit_store import LimitStore, mask_url
 from addon.limiter import Limiter
 from addon.live import LiveConfig
 from addon.record import RequestRecord
-from addon.masking import KEY_HEADERS, mask_header_value, mask_once
+from addon.redaction import caller_view, redact
 from addon.probes import Prober
 from addon.shared_state import SharedState, process_identity
 from addon.relay import Relay
@@ -43,8 +43,6 @@ from store.usage import UsageBook, usage_path_for
 
 log = logging.getLogger("aigw")
 
-# The key headers (masking.KEY_HEADERS) as the lower-case bytes of header fields.
-_KEY_FIELDS = {name.encode(): name for name in KEY_HEADERS}
 
 
 def _spawn(coro, *, name: str) -> asyncio.Task:
@@ -74,7 +72,7 @@ class GatewayAddon:
         self._streams_of: dict[str, set[str]] = {}
         # The caller's request of a flow pointed at the relay, by flow id, until the relay's answer arrives.
         self._callers: dict[str, http.Request] = {}
-        # What _redact masked at requestheaders, by flow id, until the dispatcher has used it (never in the flow).
+        # What redact() masked at requestheaders, by flow id, until the dispatcher has used it (never in the flow).
         self._concealed: dict[str, dict] = {}
         self.ingress = Ingress()
         self._watchdog: asyncio.Task | None = None
@@ -284,7 +282,7 @@ class GatewayAddon:
         self.ingress.requestheaders(flow)
         # Masked now: a flow mitmproxy ends before the request hook (malformed framing, a client gone) is saved
         # as it stands. The dispatcher gets the real values back (request hook).
-        original = self._redact(flow)
+        original = redact(flow)
         if original and flow.response is None:
             self._concealed[flow.id] = original
 
@@ -307,7 +305,7 @@ class GatewayAddon:
             flow.response = make_response(reply.status, reply.body, reply.headers)
             return
         # The flow stays masked (requestheaders): the dispatcher gets the caller's real key headers and path.
-        path, headers = self._caller_view(req, self._concealed.pop(flow.id, None))
+        path, headers = caller_view(req, self._concealed.pop(flow.id, None))
         if self.dispatcher.settings.attempt_flows:
             self._parents[flow.id] = flow
         self.metrics.request_started()
@@ -382,57 +380,3 @@ class GatewayAddon:
                 if not flows:
                     del self._streams_of[stream[0]]
         return stream
-
-    @staticmethod
-    def _redact(flow: http.HTTPFlow) -> dict | None:
-        """Keep no usable key in what the flow stores (mitmweb shows it, `-w` saves it): the key headers
-        (KEY_HEADERS) and key-like query parameters (`?key=`, ingress.SECRET_QUERY_PARAMS — the gateway reads
-        its key only from headers, but a caller may put one, or a provider key, in the URL).
-
-        Returns what it replaced ({"path": …, header name: [values]}), None when nothing was."""
-        req = flow.request
-        original: dict = {}
-        if "?" in req.path:
-            masked = mask_query(req.path, mask_once)
-            if masked != req.path:
-                original["path"] = req.path
-                req.path = masked
-        # One pass over the fields (each Headers.get_all/set_all rescans them all): a key header's values are
-        # kept in full, in order, when any of them is masked.
-        fields = req.headers.fields
-        found: dict[str, list[tuple[int, str, str]]] = {}
-        for i, (name, value) in enumerate(fields):
-            lname = name.lower()
-            if lname in _KEY_FIELDS:
-                key_name = _KEY_FIELDS[lname]
-                text = value.decode("utf-8", "surrogateescape")
-                found.setdefault(key_name, []).append((i, text, mask_header_value(key_name, text)))
-        if found:
-            new_fields = None
-            for key_name, entries in found.items():
-                if all(text == masked for _, text, masked in entries):
-                    continue
-                original[key_name] = [text for _, text, _ in entries]
-                new_fields = new_fields or list(fields)
-                for i, _, masked in entries:
-                    new_fields[i] = (fields[i][0], masked.encode("utf-8", "surrogateescape"))
-            if new_fields is not None:
-                req.headers.fields = tuple(new_fields)
-        return original or None
-
-    @staticmethod
-    def _caller_view(req: http.Request, original: dict | None) -> tuple[str, http.Headers]:
-        """The path and headers the caller sent, from the masked request and what `_redact` replaced; the
-        flow itself stays masked."""
-        if not original:
-            return req.path, req.headers
-        pending = {name.encode(): iter(values) for name, values in original.items() if name != "path"}
-        fields = []
-        for name, value in req.headers.fields:
-            values = pending.get(name.lower())
-            if values is not None:
-                real = next(values, None)
-                if real is not None:
-                    value = real.encode("utf-8", "surrogateescape")
-            fields.append((name, value))
-        return original.get("path", req.path), http.Headers(fields)

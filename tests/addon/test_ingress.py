@@ -18,7 +18,7 @@ import providers
 from addon import bodies, ingress
 from addon.routing import client_key
 from addon.targets import passthrough_headers
-from addon.gateway import GatewayAddon
+from addon.redaction import caller_view, redact
 from addon.bodies import decode_body
 from addon.ingress import Ingress, Limits, declared_length, has_body, header_items, header_values, mask_query
 from providers import GatewayError
@@ -316,19 +316,19 @@ def test_redact_masks_keys_and_returns_what_it_replaced():
     f = _flow(f"/v1beta/models/g:generateContent?alt=sse&key={key}",
               [(b"X-Api-Key", key.encode()), (b"Authorization", b"Bearer sk-provider-secret-1234"),
                (b"x-api-key", b"second-key-value-5678")])
-    original = GatewayAddon._redact(f)
+    original = redact(f)
     stored = f.request.path + repr(f.request.headers.fields)
     assert key not in stored and "sk-provider-secret" not in stored and "second-key-value" not in stored
     assert f.request.path == "/v1beta/models/g:generateContent?alt=sse&key=aigw-…cdef"
     assert f.request.headers.get_all("x-api-key") == ["aigw-…cdef", "secon…5678"]
     assert f.request.headers["authorization"] == "Bearer sk-pr…1234"
-    assert GatewayAddon._redact(f) is None  # masks are not masked again
-    path, headers = GatewayAddon._caller_view(f.request, original)  # what the dispatcher sees
+    assert redact(f) is None  # masks are not masked again
+    path, headers = caller_view(f.request, original)  # what the dispatcher sees
     assert path.endswith(f"key={key}") and headers.get_all("x-api-key")[0] == key
     assert headers["authorization"] == "Bearer sk-provider-secret-1234"
     assert "sk-provider-secret" not in repr(f.request.headers.fields)  # while the flow stays masked
     f = _flow(f"/v1/chat/completions?key={key}")  # no header key at all: masked as well
-    GatewayAddon._redact(f)
+    redact(f)
     assert key not in f.request.path
 
 
