@@ -28,6 +28,7 @@ from addon.live import LiveConfig
 from addon.record import AttemptRecord, RequestRecord, TokenUsage
 from addon.relay import Parked, Relay
 from addon.stream import Lease, RelayedStream
+from addon.tally import Tally, exhausted, retry_after_seconds
 from addon.targets import endpoint_target
 from addon.upstream import UpstreamClient
 from addon.wire import WireCapture
@@ -85,24 +86,6 @@ class RequestContext:
     expected: tuple[int, int] | None = None  # estimated (input, output) tokens, for cost ordering
 
 
-@dataclass(slots=True)
-class Tally:
-    """What the attempts so far came to."""
-    attempts: list[str] = field(default_factory=list)  # X-Gateway-Attempts labels
-    reasons: list[Reason] = field(default_factory=list)
-    retry_afters: list[float] = field(default_factory=list)
-    unsupported: GatewayError | None = None
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: let the breaker use its own cool-down
-
-
 def sticky_key(upstream: Upstream, headers: Mapping[str, str], key: ApiKey) -> str | None:
     if upstream.algorithm != "sticky":
         return None
@@ -110,21 +93,6 @@ def sticky_key(upstream: Upstream, headers: Mapping[str, str], key: ApiKey) -> s
     if hash_on.startswith("header:"):
         return headers.get(hash_on.split(":", 1)[1].strip()) or None
     return key.id
-
-
-def exhausted(reasons: list[Reason], retry_afters: list[float], attempts: list[str]) -> GatewayError:
-    """The caller's answer when no target served: 429 when all were rate-limited (shortest Retry-After),
-    504 when all timed out, 502 otherwise; 503 when none could be tried."""
-    chain = ",".join(attempts) or "none"
-    if not reasons:
-        return GatewayError(503, "unavailable", "No target available.")
-    if all(r == Reason.RATE_LIMITED for r in reasons):
-        wait = min(retry_afters) if retry_afters else 1.0
-        return GatewayError(429, "rate_limit", f"Every target is rate-limited (attempts: {chain}).",
-                            code="rate_limit_exceeded", retry_after=str(max(1, int(round(wait)))))
-    if all(r == Reason.TIMEOUT for r in reasons):
-        return GatewayError(504, "timeout", f"Every target timed out (attempts: {chain}).")
-    return GatewayError(502, "api_error", f"Every target failed (attempts: {chain}).")
 
 
 def expected_tokens(body: bytes) -> tuple[int, int]:

@@ -4,7 +4,7 @@ import pytest
 
 from addon import routing
 from addon.attempt import classify_status
-from addon.dispatch import exhausted as exhausted_error
+from addon.tally import exhausted as exhausted_error
 from addon.targets import credential_headers, passthrough_headers, target_origin
 from providers import GatewayError
 from store.models import Target
