@@ -16,7 +16,7 @@ from .anthropic_wire import (
     thinking_part, usage_from,
 )
 from .sse import SSEEvent
-from .streaming import INVALID, Sink, Source
+from .streaming import Sink, Source
 
 # =============================================================== request encoding
 def encode(req: CanonicalRequest, model: str, max_tokens_default: int | None) -> dict:
@@ -193,10 +193,8 @@ class AnthropicSource(Source):
     def on_event(self, ev: SSEEvent) -> None:
         if ev.data[:6] == "[DONE]":
             return  # some Anthropic-compatible proxies append OpenAI's sentinel; it means nothing here
-        obj = self.event_json(ev.data)
-        if obj is INVALID:
-            return
-        if not isinstance(obj, dict):
+        obj = self.event_object(ev.data)
+        if obj is None:
             return
         t = obj.get("type") or ev.event
         sink = self.sink

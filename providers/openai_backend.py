@@ -15,7 +15,7 @@ from .canonical import (
 )
 from .errors import GatewayError, invalid
 from .interface import Backend, Passthrough, TargetSpec, add_query, fill_model
-from .openai_wire import FINISH_IN, chunk_of, stream_error, usage_from
+from .openai_wire import FINISH_IN, stream_error, usage_from
 from .sse import SSEEvent
 from .streaming import Sink, Source
 
@@ -189,7 +189,7 @@ class OpenAISource(Source):
                 self.sink.finish("stop")
             self.sink.end()
             return
-        chunk = chunk_of(self, data)
+        chunk = self.event_object(data)
         if chunk is None:
             return
         if chunk.get("error"):

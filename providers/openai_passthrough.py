@@ -10,7 +10,7 @@ from .canonical import CanonicalRequest, Clock, Usage, dumps
 from .errors import GatewayError, error_shape
 from .interface import Passthrough, TargetSpec
 from .openai_wire import (
-    FINISH_IN, FINISH_LITERALS, FINISH_OUT, chunk_of, error_event, stream_error, usage_from, usage_obj,
+    FINISH_IN, FINISH_LITERALS, FINISH_OUT, error_event, stream_error, usage_from, usage_obj,
 )
 from .sse import SSEEvent
 from .streaming import Sink, Source
@@ -106,7 +106,7 @@ class OpenAIRelay(Source, Sink):
             self.out.append(b"data: [DONE]\n\n")
             self.closed = True
             return
-        chunk = chunk_of(self, data)
+        chunk = self.event_object(data)
         if chunk is None:
             return
         if chunk.get("error"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .canonical import Usage, dumps, loads, token_counts
+from .canonical import Usage, dumps, token_counts
 from .errors import ANTHROPIC_TYPE_TO_KIND, GatewayError
-from .streaming import Source
 
 FINISH_LITERALS = frozenset(("stop", "length", "tool_calls", "content_filter", "function_call"))
 
@@ -64,16 +63,6 @@ def usage_obj(u: Usage) -> dict:
     if u.reasoning is not None:
         out["completion_tokens_details"] = {"reasoning_tokens": u.reasoning}
     return out
-
-
-def chunk_of(source: Source, data: str) -> dict | None:
-    """The JSON object of one `data:` line; None for anything else (invalid JSON is reported as such)."""
-    try:
-        chunk = loads(data)
-    except ValueError:
-        source.invalid_event()
-        return None
-    return chunk if isinstance(chunk, dict) else None
 
 
 def stream_error(err: Any) -> GatewayError:

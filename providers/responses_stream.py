@@ -19,7 +19,7 @@ from .responses_wire import (
     status_of, text_content, usage_from,
 )
 from .sse import SSEEvent
-from .streaming import INVALID, Sink, Source
+from .streaming import Sink, Source
 
 
 @dataclass
@@ -211,10 +211,8 @@ class ResponsesSource(Source):
         self._refusal = False
 
     def on_event(self, ev: SSEEvent) -> None:
-        obj = self.event_json(ev.data)
-        if obj is INVALID:
-            return
-        if not isinstance(obj, dict):
+        obj = self.event_object(ev.data)
+        if obj is None:
             return
         t = obj.get("type") or ev.event
         sink = self.sink

@@ -90,6 +90,12 @@ class Source:
             self.invalid_event()
             return INVALID
 
+    def event_object(self, data: str) -> dict | None:
+        """An event's data as a JSON object; None when it is not JSON (reported by `event_json`) or not an
+        object (ignored)."""
+        obj = self.event_json(data)
+        return obj if isinstance(obj, dict) else None
+
     def on_event(self, ev: SSEEvent) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
