@@ -73,8 +73,7 @@ def _oa_content(p: str, role: str, content: Any) -> None:
             raise _oa_type(pp, "an object", part)
         t = part.get("type")
         if t not in allowed:
-            vals = ", ".join(f"'{a}'" for a in allowed)
-            raise _oa_invalid(f"{pp}.type", f"Invalid value: '{t}'. Supported values are: {vals}.")
+            raise _oa_supported(f"{pp}.type", t, allowed)
         if t == "text" and not isinstance(part.get("text"), str):
             raise _oa_missing(f"{pp}.text")
         if t == "image_url" and not isinstance((part.get("image_url") or {}).get("url"), str):
@@ -163,6 +162,27 @@ def _oa_messages(msgs: Any) -> None:
                           f"{', '.join(sorted(pending))}", None)
 
 
+def _oa_supported(param: str, value: Any, allowed: tuple[str, ...]) -> ApiError:
+    """OpenAI's 400 for a value outside an enumeration."""
+    vals = ", ".join(f"'{a}'" for a in allowed)
+    return _oa_invalid(param, f"Invalid value: '{value}'. Supported values are: {vals}.")
+
+
+def _oa_function(where: str, fn: dict) -> str:
+    """A function declaration's `name` and `parameters` as OpenAI checks them (`where`: the object's path; Chat
+    Completions nests it in `function`, the Responses API does not); its name."""
+    name = fn.get("name")
+    if not isinstance(name, str):
+        raise _oa_missing(f"{where}.name")
+    if not _OA_TOOL_NAME.match(name):
+        raise _oa_invalid(f"{where}.name", f"Invalid '{where}.name': string does not match pattern. Expected a "
+                                           "string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
+    params = fn.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise _oa_type(f"{where}.parameters", "an object", params)
+    return name
+
+
 def _oa_tools(body: dict) -> list[str]:
     tools = body.get("tools")
     names: list[str] = []
@@ -181,17 +201,7 @@ def _oa_tools(body: dict) -> list[str]:
             fn = t.get("function")
             if not isinstance(fn, dict):
                 raise _oa_missing(f"{p}.function")
-            name = fn.get("name")
-            if not isinstance(name, str):
-                raise _oa_missing(f"{p}.function.name")
-            if not _OA_TOOL_NAME.match(name):
-                raise _oa_invalid(f"{p}.function.name", f"Invalid '{p}.function.name': string does not match "
-                                                        "pattern. Expected a string that matches the pattern "
-                                                        "'^[a-zA-Z0-9_-]+$'.")
-            params = fn.get("parameters")
-            if params is not None and not isinstance(params, dict):
-                raise _oa_type(f"{p}.function.parameters", "an object", params)
-            names.append(name)
+            names.append(_oa_function(f"{p}.function", fn))
     tc = body.get("tool_choice")
     if tc is not None:
         if not tools and tc != "none":
@@ -234,8 +244,7 @@ def validate_openai(body: Any, *, require_model: bool = True) -> list[str]:
     _oa_number(body, "frequency_penalty", -2, 2)
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in _OA_EFFORTS:
-        raise _oa_invalid("reasoning_effort", f"Invalid value: '{effort}'. Supported values are: "
-                                              + ", ".join(f"'{e}'" for e in _OA_EFFORTS) + ".")
+        raise _oa_supported("reasoning_effort", effort, _OA_EFFORTS)
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise _oa_type("stream", "a boolean", stream)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .common import OPENAI, Answer, StreamBody, _dumps, _rid
 from .errors import OVERLOADED_STATUS, ApiError, status_error
-from .openai import _OA_TOOL_NAME, _oa_invalid, _oa_missing, _oa_number, _oa_type
+from .openai import _oa_function, _oa_invalid, _oa_supported, _oa_missing, _oa_number, _oa_type
 from .plan import Plan, ToolChoice, _chunks, _ntokens, choose_tools, make_plan
 
 _RS_FIELDS = frozenset({
@@ -38,11 +38,6 @@ _STRINGS = ("instructions", "user", "previous_response_id", "safety_identifier",
 MAX_STORED = 1000  # responses kept for previous_response_id / GET (oldest forgotten first)
 
 
-def _supported(param: str, value: Any, allowed: tuple[str, ...]) -> ApiError:
-    vals = ", ".join(f"'{a}'" for a in allowed)
-    return _oa_invalid(param, f"Invalid value: '{value}'. Supported values are: {vals}.")
-
-
 def _check_content(p: str, role: str, content: Any) -> None:
     if isinstance(content, str):
         return
@@ -54,7 +49,7 @@ def _check_content(p: str, role: str, content: Any) -> None:
             raise _oa_type(pp, "an object", part)
         t = part.get("type")
         if t not in _PART_TYPES[role]:
-            raise _supported(f"{pp}.type", t, _PART_TYPES[role])
+            raise _oa_supported(f"{pp}.type", t, _PART_TYPES[role])
         if t in ("input_text", "output_text") and not isinstance(part.get("text"), str):
             raise _oa_missing(f"{pp}.text")
         if t == "refusal" and not isinstance(part.get("refusal"), str):
@@ -75,11 +70,11 @@ def _check_input(items: Any, known_calls: set[str]) -> None:
             raise _oa_type(p, "an object", item)
         t = item.get("type", "message" if "role" in item else None)
         if t not in _ITEM_TYPES:
-            raise _supported(f"{p}.type", t, _ITEM_TYPES)
+            raise _oa_supported(f"{p}.type", t, _ITEM_TYPES)
         if t == "message":
             role = item.get("role")
             if role not in _ROLES:
-                raise _supported(f"{p}.role", role, _ROLES)
+                raise _oa_supported(f"{p}.role", role, _ROLES)
             if "content" not in item:
                 raise _oa_missing(f"{p}.content")
             _check_content(f"{p}.content", role, item["content"])
@@ -116,20 +111,12 @@ def _check_tools(body: dict) -> list[str]:
             if t.get("type") in _HOSTED_TOOLS:
                 continue
             if t.get("type") != "function":
-                raise _supported(f"{p}.type", t.get("type"), ("function", *_HOSTED_TOOLS))
-            name = t.get("name")
-            if not isinstance(name, str):
-                raise _oa_missing(f"{p}.name")
-            if not _OA_TOOL_NAME.match(name):
-                raise _oa_invalid(f"{p}.name", f"Invalid '{p}.name': string does not match pattern. Expected a "
-                                              "string that matches the pattern '^[a-zA-Z0-9_-]+$'.")
-            if t.get("parameters") is not None and not isinstance(t["parameters"], dict):
-                raise _oa_type(f"{p}.parameters", "an object", t["parameters"])
-            names.append(name)
+                raise _oa_supported(f"{p}.type", t.get("type"), ("function", *_HOSTED_TOOLS))
+            names.append(_oa_function(p, t))
     tc = body.get("tool_choice")
     if isinstance(tc, str):
         if tc not in ("none", "auto", "required"):
-            raise _supported("tool_choice", tc, ("none", "auto", "required"))
+            raise _oa_supported("tool_choice", tc, ("none", "auto", "required"))
     elif isinstance(tc, dict):
         if tc.get("type") == "function" and not isinstance(tc.get("name"), str):
             raise _oa_missing("tool_choice.name")
@@ -148,7 +135,7 @@ def _check_text_and_reasoning(body: dict) -> None:
             if not isinstance(fmt, dict):
                 raise _oa_type("text.format", "an object", fmt)
             if fmt.get("type") not in _FORMATS:
-                raise _supported("text.format.type", fmt.get("type"), _FORMATS)
+                raise _oa_supported("text.format.type", fmt.get("type"), _FORMATS)
             if fmt["type"] == "json_schema":
                 if not isinstance(fmt.get("name"), str):
                     raise _oa_missing("text.format.name")
@@ -159,7 +146,7 @@ def _check_text_and_reasoning(body: dict) -> None:
         if not isinstance(reasoning, dict):
             raise _oa_type("reasoning", "an object", reasoning)
         if reasoning.get("effort") is not None and reasoning["effort"] not in _EFFORTS:
-            raise _supported("reasoning.effort", reasoning["effort"], _EFFORTS)
+            raise _oa_supported("reasoning.effort", reasoning["effort"], _EFFORTS)
 
 
 def validate_responses(body: Any) -> list[str]:
