@@ -188,7 +188,8 @@ class Dispatcher:
             policy, sticky, scope = None, None, route.service.id
         else:
             sticky = sticky_key(upstream, headers, route.key)
-            await self.live.recall_pin(upstream, sticky)  # a pin another process made (aigw_redis); else nothing
+            if sticky is not None:  # a sticky session may hold a pin another process made (aigw_redis)
+                await self.live.recall_pin(upstream, sticky)
             if upstream.algorithm == "lowest-cost" or self.limiter is not None and self._budgeted(route):
                 expected = expected_tokens(body)
             targets, fail_open = self.live.plan(upstream, sticky, expected)

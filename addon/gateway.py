@@ -187,9 +187,8 @@ class GatewayAddon:
         self.live.shared = None
         if store.client is None:
             return
-        worker = str(getattr(ctx.options, "aigw_worker", "") or "").strip() or None
         self.shared = SharedState(store.client, self.live.health, timeout=store.timeout, url=store.url or "",
-                                  identity=process_identity(worker), known=self.live.configured,
+                                  identity=process_identity(self.live.worker), known=self.live.configured,
                                   on_error=self.metrics.shared_state_error)
         self.live.shared = self.shared
         if self._started:

@@ -200,9 +200,7 @@ class HealthBoard:
         if ttfb_s is not None:
             c.ewma = ttfb_s if c.ewma is None else c.ewma + EWMA_ALPHA * (ttfb_s - c.ewma)
         if c.state == HALF_OPEN:
-            c.state = CLOSED
-            c.trial = False
-            c.reset_window()  # judge the recovered target on what it does from now on
+            self._close(c)  # judged from now on on what the recovered target does
             self._emit(key, c)
 
     def failure(

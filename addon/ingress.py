@@ -176,12 +176,18 @@ def mask_query(path: str, mask: Callable[[str], str]) -> str:
 
 # -- refusals, deadlines -----------------------------------------------------------------------------------------
 def error_response(flow: Any, err: GatewayError, *, close: bool = False):
-    from mitmproxy import http
-    reply = providers.error_reply(providers.ingress_for_path(flow.request.path), err)
+    return error_answer(flow.request.path, err, close=close)
+
+
+def error_answer(path: str, err: GatewayError, *, close: bool = False):
+    """`err` as the mitmproxy Response of the format `path` names (addon/answers.py), closing the connection
+    when `close`."""
+    from addon.answers import make_response
+    reply = providers.error_reply(providers.ingress_for_path(path), err)
     headers = dict(reply.headers)
     if close:
         headers["connection"] = "close"
-    return http.Response.make(reply.status, reply.body, headers)
+    return make_response(reply.status, reply.body, headers)
 
 
 def _assemble(response: Any) -> bytes:
@@ -405,12 +411,9 @@ class Ingress:
         writer = io.writer
         if client.tls or not isinstance(writer, asyncio.StreamWriter) or writer.is_closing():
             return
-        from mitmproxy import http
         err = GatewayError(408, "timeout",
                            f"The request body did not arrive within {self.limits.client_timeout:.3g} s.")
-        reply = providers.error_reply(providers.ingress_for_path(path), err)
-        writer.write(_assemble(http.Response.make(reply.status, reply.body,
-                                                  {**reply.headers, "connection": "close"})))
+        writer.write(_assemble(error_answer(path, err, close=True)))
 
     def stop(self) -> None:
         for task in list(self._tasks):
