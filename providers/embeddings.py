@@ -19,7 +19,7 @@ from typing import Any
 
 from . import registry
 from .api import checked_model, upstream_headers
-from .canonical import CanonicalRequest, Usage, dumps
+from .canonical import CanonicalRequest, Usage, dumps, want
 from .errors import GatewayError, error_shape, invalid, retry_headers
 from .gemini import GeminiBackend, usage_from as gemini_usage
 from .interface import Backend, Reply, TargetSpec, UpstreamRequest
@@ -94,13 +94,6 @@ def _inputs(value: Any) -> tuple[tuple[str, ...] | None, tuple[tuple[int, ...], 
     raise invalid("'input' mixes strings, token ids and token arrays", param="input")
 
 
-def _optional(obj: Mapping[str, Any], key: str, types: tuple[type, ...], what: str) -> Any:
-    value = obj.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-        raise invalid(f"'{key}' must be {what}", param=key)
-    return value
-
-
 def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
     """The caller's body → EmbeddingsRequest; anything malformed is a GatewayError(400) in OpenAI's terms."""
     obj = loads_request(body)
@@ -108,15 +101,15 @@ def parse_embeddings_request(body: bytes) -> EmbeddingsRequest:
         raise invalid("request body must be a JSON object")
     if "input" not in obj:
         raise invalid("'input' is a required property", param="input")
-    model = _optional(obj, "model", (str,), "a string")
+    model = want(obj, "model", (str,), "a string")
     texts, tokens = _inputs(obj["input"])
-    dimensions = _optional(obj, "dimensions", (int,), "a positive integer")
+    dimensions = want(obj, "dimensions", (int,), "a positive integer")
     if dimensions is not None and dimensions < 1:
         raise invalid("'dimensions' must be a positive integer", param="dimensions")
-    encoding = _optional(obj, "encoding_format", (str,), "a string")
+    encoding = want(obj, "encoding_format", (str,), "a string")
     if encoding is not None and encoding not in ENCODINGS:
         raise invalid(f"'encoding_format' must be one of {', '.join(ENCODINGS)}", param="encoding_format")
-    user = _optional(obj, "user", (str,), "a string")
+    user = want(obj, "user", (str,), "a string")
     return EmbeddingsRequest(model=model or None, texts=texts, tokens=tokens, dimensions=dimensions,
                              encoding_format=encoding, user=user, raw=obj)
 
