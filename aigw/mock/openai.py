@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
@@ -183,16 +184,22 @@ def _oa_function(where: str, fn: dict) -> str:
     return name
 
 
+def _oa_objects(param: str, value: Any) -> Iterator[tuple[str, dict]]:
+    """(path, object) for each element of the array `param`, as OpenAI checks an array of objects."""
+    if not isinstance(value, list):
+        raise _oa_type(param, "an array", value)
+    for i, item in enumerate(value):
+        p = f"{param}[{i}]"
+        if not isinstance(item, dict):
+            raise _oa_type(p, "an object", item)
+        yield p, item
+
+
 def _oa_tools(body: dict) -> list[str]:
     tools = body.get("tools")
     names: list[str] = []
     if tools is not None:
-        if not isinstance(tools, list):
-            raise _oa_type("tools", "an array", tools)
-        for i, t in enumerate(tools):
-            p = f"tools[{i}]"
-            if not isinstance(t, dict):
-                raise _oa_type(p, "an object", t)
+        for p, t in _oa_objects("tools", tools):
             if t.get("type") == "custom":
                 continue
             if t.get("type") != "function":

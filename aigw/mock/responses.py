@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .common import OPENAI, Answer, StreamBody, _dumps, _rid
 from .errors import OVERLOADED_STATUS, ApiError, status_error
-from .openai import _oa_function, _oa_invalid, _oa_supported, _oa_missing, _oa_number, _oa_type
+from .openai import _oa_function, _oa_invalid, _oa_objects, _oa_supported, _oa_missing, _oa_number, _oa_type
 from .plan import Plan, ToolChoice, _chunks, _ntokens, choose_tools, make_plan
 
 _RS_FIELDS = frozenset({
@@ -102,12 +102,7 @@ def _check_input(items: Any, known_calls: set[str]) -> None:
 def _check_tools(body: dict) -> list[str]:
     tools, names = body.get("tools"), []
     if tools is not None:
-        if not isinstance(tools, list):
-            raise _oa_type("tools", "an array", tools)
-        for i, t in enumerate(tools):
-            p = f"tools[{i}]"
-            if not isinstance(t, dict):
-                raise _oa_type(p, "an object", t)
+        for p, t in _oa_objects("tools", tools):
             if t.get("type") in _HOSTED_TOOLS:
                 continue
             if t.get("type") != "function":
